@@ -1,0 +1,70 @@
+"""One schema: models and migrations agree; other schema versions are refused."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from weightslab.errors import SchemaVersionError
+from weightslab.history import migrate
+from weightslab.history.schema import Base
+from weightslab.history.store import Store
+
+PUBLIC_COLUMNS = {
+    "experiments": {"experiment_id", "name", "created_at"},
+    "events": {"experiment_id", "seq", "kind", "payload", "created_at", "hash", "prev_hash"},
+    "sample_stats": {"experiment_id", "split", "sample_id", "prediction_age", "prediction_loss",
+                     "exposure_amount", "deny_listed", "prediction", "label"},
+    "neuron_stats": {"experiment_id", "layer_index", "neuron_index", "split", "trigger_count", "seen_samples"},
+    "checkpoints": {"experiment_id", "checkpoint_id", "parent_id", "event_seq", "manifest_hash"},
+    "blobs": {"hash", "size"},
+}
+
+
+def test_models_and_migrations_never_drift(store):
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+
+
+def test_empty_database_is_brought_to_head(store):
+    with store.engine.connect() as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision()
+
+
+def test_public_sql_surface_has_the_documented_columns(store):
+    from sqlalchemy import inspect
+
+    insp = inspect(store.engine)
+    for table, cols in PUBLIC_COLUMNS.items():
+        assert cols <= {c["name"] for c in insp.get_columns(table)}, table
+
+
+def _stamp(store, revision):
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+
+
+def test_newer_schema_is_refused_with_upgrade_the_package_advice(store_target):
+    s = Store.open(store_target)
+    _stamp(s, "9999_from_the_future")
+    s.close()
+    with pytest.raises(SchemaVersionError, match="newer version.*pip install -U weightslab"):
+        Store.open(store_target)
+
+
+def test_older_schema_is_refused_naming_the_upgrade_command(store_target, monkeypatch):
+    s = Store.open(store_target)
+    s.close()
+    # Pretend this code knows a newer head: the store is then one revision behind.
+    monkeypatch.setattr(migrate, "head_revision", lambda: "0002_future")
+    with pytest.raises(SchemaVersionError, match="weightslab db upgrade --store"):
+        Store.open(store_target)
+
+
+def test_reopening_at_head_changes_nothing(store_target):
+    Store.open(store_target).close()
+    with Store.open(store_target) as s, s.engine.connect() as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision()

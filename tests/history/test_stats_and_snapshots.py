@@ -1,0 +1,69 @@
+"""Bulk statistics upserts and Parquet snapshots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from weightslab.history.stats import upsert_neuron_stats, upsert_sample_stats
+
+
+def _columns(n, seed=0):
+    rng = np.random.default_rng(seed)
+    loss = rng.random(n)
+    loss[::7] = np.nan  # never-seen samples
+    age = np.where(np.isnan(loss), np.nan, rng.integers(0, 10**6, n)).astype(float)
+    return dict(sample_id=np.arange(n), prediction_age=age, prediction_loss=loss,
+                exposure_amount=rng.integers(0, 5, n), deny_listed=rng.random(n) < 0.1,
+                prediction=np.where(np.isnan(loss), np.nan, rng.integers(0, 10, n)),
+                label=rng.integers(0, 10, n))
+
+
+def test_sample_stats_upsert_inserts_then_updates_60k_rows(store):
+    e = store.create_experiment("a").experiment_id
+    cols = _columns(60_000)
+    with store.transaction() as conn:
+        assert upsert_sample_stats(conn, e, "train", cols) == 60_000
+    cols2 = dict(cols)
+    cols2["exposure_amount"] = cols["exposure_amount"] + 1
+    with store.transaction() as conn:
+        upsert_sample_stats(conn, e, "train", cols2)
+    df = store.query("SELECT * FROM sample_stats WHERE experiment_id = :e ORDER BY sample_id", {"e": e})
+    assert len(df) == 60_000
+    assert (df["exposure_amount"].to_numpy() == cols2["exposure_amount"]).all()
+    never = np.isnan(cols["prediction_loss"])
+    assert df["prediction_loss"].isna().to_numpy().tolist() == never.tolist()
+    assert np.allclose(df["prediction_loss"].to_numpy(dtype=float)[~never], cols["prediction_loss"][~never], rtol=0,
+                       atol=0)
+    assert df["deny_listed"].astype(bool).to_numpy().tolist() == cols["deny_listed"].tolist()
+
+
+def test_splits_are_kept_apart(store):
+    e = store.create_experiment("a").experiment_id
+    with store.transaction() as conn:
+        upsert_sample_stats(conn, e, "train", _columns(10, 1))
+        upsert_sample_stats(conn, e, "eval", _columns(4, 2))
+    df = store.query("SELECT split, COUNT(*) AS n FROM sample_stats GROUP BY split ORDER BY split")
+    assert df.to_dict("list") == {"split": ["eval", "train"], "n": [4, 10]}
+
+
+def test_neuron_stats_upsert(store):
+    e = store.create_experiment("a").experiment_id
+    rows = [(0, i, "train", "layer0", i * 3, 100) for i in range(4)]
+    with store.transaction() as conn:
+        upsert_neuron_stats(conn, e, rows)
+        upsert_neuron_stats(conn, e, [(0, 1, "train", "layer0", 50, 200)])
+    df = store.query("SELECT neuron_index, trigger_count, seen_samples FROM neuron_stats ORDER BY neuron_index")
+    assert df["trigger_count"].tolist() == [0, 50, 6, 9]
+    assert df["seen_samples"].tolist() == [100, 200, 100, 100]
+
+
+def test_snapshot_round_trips_through_parquet_blob(store):
+    e = store.create_experiment("a").experiment_id
+    store.append_event(e, "dump", {}, expected_last_seq=0)
+    frame = pd.DataFrame(_columns(1000)).set_index("sample_id")
+    sid = store.write_snapshot(e, "sample_stats", 1, frame)
+    back = store.read_snapshot(sid)
+    pd.testing.assert_frame_equal(back, frame)
+    reg = store.query("SELECT table_name, event_seq, rows FROM snapshots WHERE snapshot_id = :s", {"s": sid})
+    assert reg.iloc[0].to_dict() == {"table_name": "sample_stats", "event_seq": 1, "rows": 1000}

@@ -1,0 +1,99 @@
+"""Canonical JSON for event payloads and the SHA-256 hash chain over events.
+
+The canonical form is the one byte string an event hashes to: keys sorted,
+no insignificant whitespace, UTF-8, no NaN/Infinity (JSON has none; a NaN
+would make two readers disagree). Tuples and sets are not accepted silently:
+sets are encoded sorted so that ``{2, 0}`` and ``{0, 2}`` hash alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from weightslab.errors import EventPayloadError
+
+__all__ = ["canonical_json", "chain_hash", "decode_payload", "normalise"]
+
+
+def normalise(value: Any, path: str = "payload") -> Any:
+    """Return ``value`` as plain JSON types (dict/list/str/int/float/bool/None).
+
+    Sets and frozensets become sorted lists, tuples become lists, numpy/torch
+    scalars become Python numbers (anything with ``.item()`` and no length).
+
+    Raises:
+        EventPayloadError: naming the offending key path, for anything else
+            (objects, non-finite floats, non-string keys).
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EventPayloadError(
+                f"{path} is {value!r}; event payloads must hold finite numbers only "
+                "(encode missing values as null)."
+            )
+        return float(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise EventPayloadError(
+                    f"{path} has key {k!r} of type {type(k).__name__}; payload keys must be strings."
+                )
+            out[k] = normalise(v, f"{path}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [normalise(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        items = [normalise(v, f"{path}{{}}") for v in value]
+        try:
+            return sorted(items)
+        except TypeError as e:
+            raise EventPayloadError(f"{path} is a set of mixed types; use a list.") from e
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", 0) == 0:
+        return normalise(item(), path)
+    raise EventPayloadError(
+        f"{path} is a {type(value).__name__}, which is not JSON-serialisable; "
+        "event payloads hold only dicts, lists, strings, numbers, booleans and null "
+        "(store tensors as blobs and put their hash in the payload)."
+    )
+
+
+def canonical_json(value: Any) -> str:
+    """Encode ``value`` as canonical JSON text (sorted keys, compact, finite numbers).
+
+    Example:
+        >>> canonical_json({"b": 1, "a": {3, 1}})
+        '{"a":[1,3],"b":1}'
+    """
+    return json.dumps(
+        normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def decode_payload(text: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Decode a stored payload (JSON text, or a dict when the driver already parsed it)."""
+    if isinstance(text, Mapping):
+        return dict(text)
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise EventPayloadError(f"stored payload is a {type(value).__name__}, expected an object")
+    return value
+
+
+def chain_hash(fields: Mapping[str, Any], prev_hash: str | None) -> str:
+    """SHA-256 (hex) over an event's canonical content and the previous event's hash.
+
+    ``fields`` are the event's recorded columns (seq, kind, payload, time, ...);
+    changing any of them, or the order of events, changes every later hash.
+    """
+    body = canonical_json({"event": dict(fields), "prev_hash": prev_hash})
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()

@@ -1,0 +1,115 @@
+"""Schema versions: bring a new store to head, refuse a store at another version.
+
+The Alembic scripts ship inside the package as ``weightslab.migrations`` (the
+top-level ``migrations/`` folder of a checkout), so an installed wheel can
+upgrade a store without the source tree.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, inspect, text
+
+from weightslab.errors import SchemaVersionError
+
+__all__ = ["alembic_config", "current_revision", "ensure_schema", "head_revision", "upgrade"]
+
+UPGRADE_HINT = "weightslab db upgrade --store {store}"
+_PG_MIGRATION_LOCK = 0x57_4C_41_42  # "WLAB": serialises first-time migrations on one server
+
+
+def migrations_dir() -> Path:
+    """The directory holding ``env.py`` and ``versions/``."""
+    return Path(str(resources.files("weightslab.migrations")))
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic Config pointing at the packaged migrations (and a live connection)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "the packaged migrations have no head revision"
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision stamped in the database, or None for a database never migrated."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Upgrade the database to head; returns (revision before, revision after)."""
+    with engine.begin() as conn:
+        _lock(conn)
+        before = current_revision(conn)
+        command.upgrade(alembic_config(conn), "head")
+        return before, current_revision(conn) or ""
+
+
+def ensure_schema(engine: Engine, store_description: str) -> None:
+    """Create the schema in an empty database; refuse one at another revision.
+
+    Raises:
+        SchemaVersionError: the database was migrated to an older revision (the
+            message names the upgrade command) or to one this code does not know
+            (written by a newer WeightsLab), or holds foreign tables but no
+            WeightsLab schema.
+    """
+    head = head_revision()
+    with engine.connect() as conn:
+        current = current_revision(conn)
+        conn.rollback()
+    if current == head:
+        return
+    if current is None:
+        with engine.begin() as conn:
+            _lock(conn)
+            current = current_revision(conn)  # another process may have won the race
+            if current is None:
+                existing = set(inspect(conn).get_table_names()) & _our_tables()
+                if existing:
+                    raise SchemaVersionError(
+                        f"store {store_description} has WeightsLab tables ({', '.join(sorted(existing))}) "
+                        "but no schema version; it was not created by WeightsLab's migrations. "
+                        "Use an empty database or a new store directory."
+                    )
+                command.upgrade(alembic_config(conn), "head")
+                return
+    if current == head:
+        return
+    script = ScriptDirectory.from_config(alembic_config())
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current in known:
+        raise SchemaVersionError(
+            f"store {store_description} has schema revision {current}, older than this "
+            f"WeightsLab's {head}. Back it up, then run: {UPGRADE_HINT.format(store=store_description)}"
+        )
+    raise SchemaVersionError(
+        f"store {store_description} has schema revision {current}, which this WeightsLab "
+        f"(head {head}) does not know: it was written by a newer version. Upgrade the "
+        "package (pip install -U weightslab) rather than the store."
+    )
+
+
+def _our_tables() -> set[str]:
+    from weightslab.history.schema import Base
+
+    return set(Base.metadata.tables)
+
+
+def _lock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})

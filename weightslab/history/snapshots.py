@@ -1,0 +1,54 @@
+"""Parquet snapshots of a table's rows, stored as blobs and registered in SQL.
+
+A snapshot is the Parquet bytes of a DataFrame (written with pyarrow), kept as
+a content-addressed blob (so it is verified on read and reachable wherever the
+store's blobs are) and registered in the ``snapshots`` table with the event
+seq it reflects. ``weightslab export`` writes them out as named files.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import Connection
+
+from weightslab.errors import IntegrityError
+from weightslab.history.blobs import BlobStore
+from weightslab.history.schema import Snapshot
+
+__all__ = ["parquet_bytes", "read_parquet_bytes", "register_snapshot"]
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    """Encode a DataFrame as Parquet (zstd), index kept as a column if named."""
+    table = pa.Table.from_pandas(frame, preserve_index=frame.index.name is not None)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def read_parquet_bytes(data: bytes) -> pd.DataFrame:
+    """Decode Parquet bytes to a DataFrame; damaged bytes raise IntegrityError."""
+    try:
+        return pq.read_table(io.BytesIO(data)).to_pandas()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise IntegrityError(f"snapshot is not readable Parquet ({e}); the store may be damaged") from e
+
+
+def register_snapshot(
+    conn: Connection, blobs: BlobStore, experiment_id: int, table_name: str, event_seq: int,
+    frame: pd.DataFrame,
+) -> int:
+    """Store ``frame`` as a Parquet blob and register it; returns the snapshot id."""
+    (digest,) = blobs.put_many(conn, [parquet_bytes(frame)])
+    result = conn.execute(
+        Snapshot.__table__.insert().values(
+            experiment_id=experiment_id, table_name=table_name, event_seq=event_seq,
+            blob_hash=digest, rows=len(frame), created_at=datetime.now(UTC),
+        ).returning(Snapshot.__table__.c.snapshot_id)
+    )
+    return int(result.scalar_one())

@@ -1,0 +1,118 @@
+"""Tensors to bytes and back, without pickle.
+
+Format ``WLT1``: the 4-byte magic, a 4-byte little-endian header length, a
+canonical JSON header ``{"dtype": "float32", "shape": [2, 3]}``, then the
+tensor's values as raw little-endian C-contiguous bytes. The bytes are a
+function of dtype, shape and values only (no strides, no device, no storage
+offset), so their SHA-256 names the tensor's content.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from typing import TYPE_CHECKING, Any
+
+from weightslab.errors import IntegrityError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+__all__ = ["decode_tensor", "encode_array", "encode_tensor", "decode_array"]
+
+MAGIC = b"WLT1"
+_MAX_HEADER = 4096
+_DTYPES = (
+    "float64", "float32", "float16", "bfloat16", "complex64", "complex128",
+    "int64", "int32", "int16", "int8", "uint8", "bool",
+)
+
+if sys.byteorder != "little":  # pragma: no cover - no big-endian CI
+    raise ImportError("weightslab's tensor format assumes a little-endian machine")
+
+
+def encode_tensor(tensor: torch.Tensor) -> bytes:
+    """Serialise a tensor (any device, any strides) to the ``WLT1`` format.
+
+    Example:
+        >>> decode_tensor(encode_tensor(torch.arange(3))).tolist()
+        [0, 1, 2]
+    """
+    import torch
+
+    t = tensor.detach()
+    if t.is_sparse or t.layout != torch.strided:
+        raise TypeError(f"only dense tensors can be stored, got layout {t.layout}")
+    dtype = str(t.dtype).removeprefix("torch.")
+    if dtype not in _DTYPES:
+        raise TypeError(f"dtype {t.dtype} cannot be stored; supported: {', '.join(_DTYPES)}")
+    t = t.to("cpu").contiguous()
+    header = json.dumps({"dtype": dtype, "shape": list(t.shape)}, separators=(",", ":"), sort_keys=True)
+    data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    hb = header.encode("ascii")
+    return MAGIC + struct.pack("<I", len(hb)) + hb + data
+
+
+def _parse(blob: bytes | memoryview) -> tuple[str, list[int], memoryview]:
+    mv = memoryview(blob)
+    if len(mv) < 8 or bytes(mv[:4]) != MAGIC:
+        raise IntegrityError("blob is not a WeightsLab tensor (bad magic); the store may be damaged")
+    (n,) = struct.unpack("<I", mv[4:8])
+    if n > _MAX_HEADER or 8 + n > len(mv):
+        raise IntegrityError("tensor header length is out of bounds; the blob is damaged")
+    try:
+        header: Any = json.loads(bytes(mv[8 : 8 + n]).decode("ascii"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IntegrityError(f"tensor header is not valid JSON: {e}") from e
+    if not isinstance(header, dict) or set(header) != {"dtype", "shape"}:
+        raise IntegrityError(f"tensor header has unexpected fields: {header!r}")
+    dtype, shape = header["dtype"], header["shape"]
+    if dtype not in _DTYPES:
+        raise IntegrityError(f"tensor header names unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise IntegrityError(f"tensor header has an invalid shape {shape!r}")
+    return dtype, shape, mv[8 + n :]
+
+
+def decode_tensor(blob: bytes | memoryview) -> torch.Tensor:
+    """Parse ``WLT1`` bytes into a new CPU tensor (no pickle, no code execution).
+
+    Raises:
+        IntegrityError: bad magic, malformed header, unsupported dtype, or a
+            data length that does not match dtype × shape.
+    """
+    import torch
+
+    dtype_name, shape, data = _parse(blob)
+    dtype = getattr(torch, dtype_name)
+    numel = 1
+    for s in shape:
+        numel *= s
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if len(data) != numel * itemsize:
+        raise IntegrityError(
+            f"tensor data is {len(data)} bytes, expected {numel * itemsize} for {dtype_name}{shape}; "
+            "the blob is truncated or damaged"
+        )
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return raw.view(dtype).reshape(shape)
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    """Serialise a numpy array through the same format (via torch.from_numpy)."""
+    import numpy as np
+    import torch
+
+    return encode_tensor(torch.from_numpy(np.ascontiguousarray(array)))
+
+
+def decode_array(blob: bytes | memoryview) -> np.ndarray:
+    """Parse ``WLT1`` bytes into a numpy array (bfloat16 is refused: numpy has none)."""
+    t = decode_tensor(blob)
+    if t.dtype.__repr__() == "torch.bfloat16":
+        raise IntegrityError("a bfloat16 tensor cannot be returned as a numpy array")
+    return t.numpy()
