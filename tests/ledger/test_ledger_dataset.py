@@ -1,0 +1,68 @@
+"""The dataset wrapper: items with ids, the wrapped dataset, the fingerprint, worker copies."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from ledger_helpers import synthetic_tensors
+from torch.utils.data import Subset, TensorDataset
+
+from weightslab.errors import LedgerError
+from weightslab.ledger import LedgeredDataset, dataset_fingerprint
+
+
+def test_items_are_input_label_and_the_wrapped_index(digits_tensors):
+    ds = LedgeredDataset(digits_tensors, "train")
+    x, y, i = ds[1000]
+    assert i == 1000 and isinstance(i, int)
+    assert torch.equal(x, digits_tensors.tensors[0][1000]) and y == digits_tensors.tensors[1][1000]
+    assert len(ds) == 1797 and ds.wrapped is digits_tensors and ds.split == "train"
+
+
+def test_negative_index_returns_the_positive_sample_id(synth):
+    assert synth[-1][2] == 59_999
+
+
+def test_index_past_the_end_raises_index_error_like_the_wrapped_dataset(synth):
+    with pytest.raises(IndexError):
+        synth[60_000]
+
+
+def test_fingerprint_is_deterministic_and_names_the_length(synth):
+    fp = synth.fingerprint()
+    assert fp.startswith("60000:") and len(fp.split(":")[1]) == 64
+    assert LedgeredDataset(synthetic_tensors(), "eval").fingerprint() == fp
+    assert fp == dataset_fingerprint(synth.wrapped)
+
+
+def test_fingerprint_changes_with_other_data_or_length(synth):
+    fp = synth.fingerprint()
+    assert LedgeredDataset(synthetic_tensors(seed=1), "train").fingerprint() != fp
+    assert LedgeredDataset(Subset(synth.wrapped, range(59_999)), "train").fingerprint() != fp
+    x, y = synth.wrapped.tensors
+    changed_last = TensorDataset(x.clone(), y.clone())
+    changed_last.tensors[0][-1, 0] += 1.0  # the last item is always hashed
+    assert LedgeredDataset(changed_last, "train").fingerprint() != fp
+
+
+def test_fingerprint_of_an_empty_dataset():
+    empty = LedgeredDataset(TensorDataset(torch.zeros(0, 2), torch.zeros(0)), "eval")
+    assert empty.fingerprint().startswith("0:")
+
+
+def test_worker_copy_carries_the_items_but_not_the_statistics_or_observers(synth):
+    synth.add_observer(lambda record: None)
+    synth.denylist_samples({3})
+    clone = copy.copy(synth)  # the same __getstate__ a spawned DataLoader worker receives
+    assert clone[3][2] == 3 and len(clone) == len(synth)
+    with pytest.raises(LedgerError, match="main process"):
+        clone.get_dataframe()
+    assert "_wl_observers" not in clone.__dict__
+    assert synth.stats.deny_listed[3]
+
+
+def test_repr_names_split_size_and_denied_count(synth):
+    synth.denylist_samples(range(5))
+    assert repr(synth) == "LedgeredDataset(TensorDataset, split='train', size=60000, denied=5)"

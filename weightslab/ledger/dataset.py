@@ -1,0 +1,327 @@
+"""The dataset wrapper: what a user reaches as ``exp.train_loader.dataset``.
+
+It yields ``(input, label, sample_id)``, keeps the per-sample statistics of its
+split, and owns the deny/allow operations. Every operation is plan → check →
+apply → notify: the selection is computed and checked in full before the first
+write, so a refused operation leaves the ledger unchanged and notifies nobody;
+a successful one tells each observer once, with an
+:class:`~weightslab.events.record.OperationRecord` whose ``args["ids"]`` re-executes
+it exactly (see :meth:`LedgeredDataset.apply_recorded`).
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from weightslab.errors import ConfigurationError, LedgerError
+from weightslab.events.record import EventKind, Observable, OperationRecord
+from weightslab.ledger.fingerprint import dataset_fingerprint
+from weightslab.ledger.selection import (
+    SamplePredicate,
+    check_factor,
+    ids_to_array,
+    predicate_mask,
+    query_mask,
+    sample_kept_allowed,
+)
+from weightslab.ledger.stats import SampleStats
+
+__all__ = ["LedgeredDataset"]
+
+Ids = Iterable[int] | np.ndarray | torch.Tensor
+
+
+class LedgeredDataset(Dataset, Observable):
+    """A map-style dataset of ``(input, label)`` pairs, with per-sample statistics and deny/allow lists.
+
+    Args:
+        dataset: any map-style dataset whose items are ``(input, label)`` pairs.
+        split: the split's name, ``"train"`` or ``"eval"`` (any non-empty name is
+            accepted; only ``"train"`` refuses to deny every sample).
+
+    ``ds[i]`` returns ``(input, label, i)``: the sample id is the wrapped index,
+    stable across runs. The statistics stay in the process that created the
+    wrapper; a copy sent to a DataLoader worker carries only the wrapped dataset.
+
+    Example:
+        >>> ds = LedgeredDataset(torch.utils.data.TensorDataset(torch.zeros(4, 2), torch.arange(4)), "train")
+        >>> ds[2][2], len(ds)
+        (2, 4)
+    """
+
+    def __init__(self, dataset: Any, split: str) -> None:
+        if not isinstance(split, str) or not split:
+            raise ConfigurationError(
+                f"split must be a non-empty name such as 'train' or 'eval', got {split!r}"
+            )
+        try:
+            size = len(dataset)
+        except TypeError as e:
+            raise ConfigurationError(
+                f"LedgeredDataset wraps a map-style dataset with __len__ and __getitem__, got "
+                f"{type(dataset).__name__}"
+            ) from e
+        self._wrapped = dataset
+        self._split = split
+        self._size = size
+        self._stats: SampleStats | None = SampleStats(size)
+
+    # ------------------------------------------------------------------ dataset protocol
+
+    @property
+    def wrapped(self) -> Any:
+        """The original dataset."""
+        return self._wrapped
+
+    @property
+    def split(self) -> str:
+        """The split's name (``"train"``, ``"eval"``)."""
+        return self._split
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        i = operator.index(index)
+        item = self._wrapped[i]
+        try:
+            x, y = item
+        except (TypeError, ValueError) as e:
+            raise LedgerError(
+                f"item {i} of {type(self._wrapped).__name__} is not an (input, label) pair; "
+                "wrap a dataset whose items are (input, label)"
+            ) from e
+        return x, y, i + self._size if i < 0 else i
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A DataLoader worker needs only the items; statistics and observers stay here.
+        return {"_wrapped": self._wrapped, "_split": self._split, "_size": self._size, "_stats": None}
+
+    def fingerprint(self) -> str:
+        """``"<length>:<sha256>"`` of the wrapped dataset's length and a few items (cheap)."""
+        return dataset_fingerprint(self._wrapped)
+
+    def __repr__(self) -> str:
+        denied = "?" if self._stats is None else int(self._stats.deny_listed.sum())
+        return f"LedgeredDataset({type(self._wrapped).__name__}, split={self._split!r}, size={self._size}, denied={denied})"
+
+    # ------------------------------------------------------------------ statistics
+
+    @property
+    def stats(self) -> SampleStats:
+        """The statistic arrays (see :class:`~weightslab.ledger.stats.SampleStats`)."""
+        if self._stats is None:
+            raise LedgerError(
+                "this is a DataLoader worker's copy of the dataset: statistics live in the main process; "
+                "update them there from the ids that come with each batch"
+            )
+        return self._stats
+
+    def update_batch(
+        self,
+        ids: torch.Tensor,
+        losses: torch.Tensor,
+        predictions: torch.Tensor,
+        labels: torch.Tensor,
+        model_age: int,
+    ) -> None:
+        """Record one batch's per-sample losses and predictions (see :meth:`SampleStats.update_batch`)."""
+        self.stats.update_batch(ids, losses, predictions, labels, model_age)
+
+    def drain_history(self) -> dict[str, np.ndarray]:
+        """Per-sample rows ``sample_id, model_age, loss, prediction`` since the last drain."""
+        return self.stats.drain_history()
+
+    def take_dirty_ids(self) -> np.ndarray:
+        """Ids whose statistics or deny flag changed since the last call (sorted int64)."""
+        return self.stats.take_dirty_ids()
+
+    def get_dataframe(self) -> pd.DataFrame:
+        """The statistics as a DataFrame indexed by ``sample_id``.
+
+        Columns: ``prediction_age`` (float, NaN before the first pass),
+        ``prediction_loss`` (float64, NaN before), ``exposure_amount`` (int),
+        ``deny_listed`` (bool), ``prediction`` and ``label`` (nullable Int64).
+        """
+        return self.stats.to_dataframe()
+
+    def allowed_ids(self) -> np.ndarray:
+        """Sorted ids that are not deny-listed."""
+        return self.stats.allowed_ids()
+
+    def is_denied(self, ids: Ids) -> np.ndarray:
+        """Bool mask: which of ``ids`` (in the given order) are deny-listed now."""
+        arr = torch.as_tensor(ids).reshape(-1).cpu().numpy() if not isinstance(ids, np.ndarray) else ids
+        return self.stats.deny_listed[arr]
+
+    # ------------------------------------------------------------------ deny
+
+    def deny_samples_with_predicate(self, fn: SamplePredicate) -> int:
+        """Deny every sample for which ``fn(id, age, loss, times, denied, pred, label)`` is True.
+
+        Never-seen samples get NaN for age, loss, pred and label. Deny
+        accumulates: samples denied before stay denied.
+
+        Returns:
+            how many samples became denied.
+
+        Raises:
+            LedgerError: ``fn`` raised (the first failing id is named) or returned
+                a non-bool; the result would deny every training sample.
+
+        Example:
+            >>> ds.deny_samples_with_predicate(lambda id, age, loss, times, denied, pred, label: loss <= 1.5)
+        """
+        target = np.flatnonzero(predicate_mask(fn, self.stats))
+        return self._set_denied(target, True, {"mode": "predicate"})
+
+    def deny_samples_and_sample_allowed_with_predicate(
+        self, fn: SamplePredicate, allow_to_denied_factor: float, seed: int | None = None
+    ) -> int:
+        """Deny the matching samples but keep ``min(matching, k × non-matching)`` of them allowed.
+
+        Args:
+            fn: the 7-argument predicate, as for :meth:`deny_samples_with_predicate`.
+            allow_to_denied_factor: ``k``, finite and >= 0.
+            seed: seed of the random choice; drawn with ``secrets`` when None (the
+                global torch/numpy generators are not touched) and recorded.
+
+        The kept samples are left as they were (a kept sample denied earlier stays
+        denied: deny accumulates).
+
+        Returns:
+            how many samples became denied.
+        """
+        factor = check_factor(allow_to_denied_factor)
+        if seed is None:
+            seed = secrets.randbits(62)
+        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ConfigurationError(f"seed must be an integer >= 0 or None, got {seed!r}")
+        matching = np.flatnonzero(predicate_mask(fn, self.stats))
+        kept = sample_kept_allowed(matching, self._size - len(matching), factor, int(seed))
+        target = np.setdiff1d(matching, kept, assume_unique=True)
+        args = {"mode": "sampled", "allow_to_denied_factor": factor, "seed": int(seed)}
+        return self._set_denied(target, True, args, {"matching": len(matching), "kept_allowed": len(kept)})
+
+    def denylist_samples(self, ids: Ids) -> int:
+        """Deny the samples ``ids``; returns how many became denied.
+
+        Raises:
+            LedgerError: ids not in the dataset (a few are named); denying every training sample.
+            ConfigurationError: ``ids`` is not a collection of integers.
+        """
+        return self._set_denied(ids_to_array(ids, self._size), True, {"mode": "ids"})
+
+    def deny_samples_where(self, query: str) -> int:
+        """Deny the samples matching a pandas query over :meth:`get_dataframe`'s columns.
+
+        Vectorised: orders of magnitude faster than a predicate on a large set.
+        Null (NaN/<NA>) comparisons do not match, as for the predicate.
+
+        Example:
+            >>> ds.deny_samples_where("prediction_loss <= 1.5 and exposure_amount >= 2")
+        """
+        target = np.flatnonzero(query_mask(query, self.stats))
+        return self._set_denied(target, True, {"mode": "where", "query": query})
+
+    def apply_deny_ids(self, ids: Ids) -> int:
+        """Deny exactly ``ids`` (re-executes a recorded deny from its ``args["ids"]``)."""
+        return self.denylist_samples(ids)
+
+    # ------------------------------------------------------------------ allow
+
+    def allowlist_samples(self, ids: Ids | None) -> int:
+        """Re-admit the samples ``ids``, or every sample when ``ids`` is None.
+
+        Returns:
+            how many samples became allowed.
+        """
+        if ids is None:
+            return self._set_denied(np.arange(self._size, dtype=np.int64), False, {"mode": "all"})
+        return self._set_denied(ids_to_array(ids, self._size), False, {"mode": "ids"})
+
+    def allow_samples_where(self, query: str) -> int:
+        """Re-admit the samples matching a pandas query (see :meth:`deny_samples_where`)."""
+        target = np.flatnonzero(query_mask(query, self.stats))
+        return self._set_denied(target, False, {"mode": "where", "query": query})
+
+    def apply_allow_ids(self, ids: Ids) -> int:
+        """Re-admit exactly ``ids`` (re-executes a recorded allow from its ``args["ids"]``)."""
+        return self._set_denied(ids_to_array(ids, self._size), False, {"mode": "ids"})
+
+    def apply_recorded(self, kind: str, args: Mapping[str, Any]) -> int:
+        """Re-execute a recorded ``deny``/``allow`` from its ids (no predicate, no query, no RNG).
+
+        Raises:
+            ConfigurationError: ``kind`` is neither ``"deny"`` nor ``"allow"``, or ``args`` has no ``"ids"``.
+        """
+        if "ids" not in args:
+            raise ConfigurationError(f"a recorded {kind!r} needs args['ids'], got keys {sorted(args)}")
+        if kind == EventKind.DENY:
+            return self.apply_deny_ids(args["ids"])
+        if kind == EventKind.ALLOW:
+            return self.apply_allow_ids(args["ids"])
+        raise ConfigurationError(f"apply_recorded re-executes 'deny' or 'allow', got {kind!r}")
+
+    # ------------------------------------------------------------------ the one place that writes
+
+    def _set_denied(
+        self,
+        target: np.ndarray,
+        denied: bool,
+        args: dict[str, Any],
+        extra_result: Mapping[str, Any] | None = None,
+    ) -> int:
+        stats = self.stats
+        changed = target[stats.deny_listed[target] != denied]
+        if (
+            denied
+            and self._split == "train"
+            and len(changed)
+            and len(changed) == self._size - int(stats.deny_listed.sum())
+        ):
+            raise LedgerError(
+                f"this would deny all {self._size} training samples, and an empty training set cannot "
+                "train; nothing was changed. Deny fewer samples (check the predicate or query), or "
+                "allowlist some first"
+            )
+        stats.deny_listed[changed] = denied
+        stats.mark_dirty(changed)
+        record = OperationRecord(
+            kind=EventKind.DENY if denied else EventKind.ALLOW,
+            args={"ids": changed.tolist(), **args},
+            result={"changed": len(changed), **(extra_result or {})},
+        )
+        self._notify(record)
+        return len(changed)
+
+    # ------------------------------------------------------------------ state
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Copies of every statistic column, the deny mask (``deny_listed``) included.
+
+        Plain numeric arrays (no objects), for content-addressed blobs.
+        """
+        return self.stats.state_arrays()
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`state_arrays` exactly.
+
+        Afterwards every sample is dirty (so the restored values reach SQL at the
+        next flush) and the undrained pass history is discarded (it described the
+        replaced state: drain it first to keep it). Observers are not notified:
+        this restores state, it is not an operation.
+
+        Raises:
+            LedgerError: missing columns, wrong length or dtype; nothing is changed.
+        """
+        self.stats.load_state_arrays(arrays)
