@@ -1,3 +1,89 @@
-"""WeightsLab: edit a running PyTorch experiment, keep a replayable SQL history."""
+"""WeightsLab: edit a running PyTorch experiment, keep a replayable SQL history.
+
+The public names are loaded lazily, so read-only tools (``weightslab sql``,
+``audit``, ``lineage``) that import ``weightslab.history`` do not pay for torch.
+
+Example:
+    >>> from weightslab import Experiment, NetworkWithOps, Conv2dWithNeuronOps, LinearWithNeuronOps
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "BatchNorm2dWithNeuronOps": "weightslab.surgery",
+    "BlobNotFoundError": "weightslab.errors",
+    "ConcurrencyError": "weightslab.errors",
+    "ConfigurationError": "weightslab.errors",
+    "Conv2dWithNeuronOps": "weightslab.surgery",
+    "DuplicateExperimentError": "weightslab.errors",
+    "EventPayloadError": "weightslab.errors",
+    "Experiment": "weightslab.experiment",
+    "IndexSelectionError": "weightslab.errors",
+    "IntegrityError": "weightslab.errors",
+    "LedgerError": "weightslab.errors",
+    "LedgerSampler": "weightslab.ledger",
+    "LedgeredDataset": "weightslab.ledger",
+    "LinearWithNeuronOps": "weightslab.surgery",
+    "NetworkWithOps": "weightslab.surgery",
+    "ReplayError": "weightslab.errors",
+    "SchemaVersionError": "weightslab.errors",
+    "Store": "weightslab.history",
+    "StoreError": "weightslab.errors",
+    "StoreUnavailableError": "weightslab.errors",
+    "SurgeryError": "weightslab.errors",
+    "TrackingMode": "weightslab.surgery",
+    "UnknownExperimentError": "weightslab.errors",
+    "WeightsLabError": "weightslab.errors",
+    "convert_to_ops": "weightslab.surgery",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'weightslab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from weightslab.errors import (
+        BlobNotFoundError,
+        ConcurrencyError,
+        ConfigurationError,
+        DuplicateExperimentError,
+        EventPayloadError,
+        IndexSelectionError,
+        IntegrityError,
+        LedgerError,
+        ReplayError,
+        SchemaVersionError,
+        StoreError,
+        StoreUnavailableError,
+        SurgeryError,
+        UnknownExperimentError,
+        WeightsLabError,
+    )
+    from weightslab.experiment import Experiment
+    from weightslab.history import Store
+    from weightslab.ledger import LedgeredDataset, LedgerSampler
+    from weightslab.surgery import (
+        BatchNorm2dWithNeuronOps,
+        Conv2dWithNeuronOps,
+        LinearWithNeuronOps,
+        NetworkWithOps,
+        TrackingMode,
+        convert_to_ops,
+    )

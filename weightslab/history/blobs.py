@@ -56,6 +56,7 @@ class BlobStore:
         self._engine = engine
         self._dir = root / "blobs" if root is not None else None
         self.mode = "files" if root is not None else "database"
+        self.bytes_written = 0  # new blob bytes this process has stored (deduplicated ones excluded)
 
     def path_of(self, digest: str) -> Path | None:
         """The file holding a blob (files mode), else None."""
@@ -84,6 +85,7 @@ class BlobStore:
             for digest, data in todo.items():
                 self._write_file(digest, data)
         insert_ignore(conn, Blob, [{"hash": h, "size": len(d), "created_at": now} for h, d in todo.items()])
+        self.bytes_written += sum(len(d) for d in todo.values())
         if self._dir is None:
             insert_ignore(conn, BlobContent, [{"hash": h, "data": d} for h, d in todo.items()])
         return hashes

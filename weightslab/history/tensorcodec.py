@@ -107,7 +107,8 @@ def encode_array(array: np.ndarray) -> bytes:
     import numpy as np
     import torch
 
-    return encode_tensor(torch.from_numpy(np.ascontiguousarray(array)))
+    arr = np.asarray(array)
+    return encode_tensor(torch.from_numpy(arr if arr.flags.c_contiguous else arr.copy()))
 
 
 def decode_array(blob: bytes | memoryview) -> np.ndarray:

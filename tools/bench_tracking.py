@@ -1,0 +1,96 @@
+"""Benchmark: step-time overhead of the neuron-tracking hooks on the tutorial model.
+
+Trains the tutorial's MNISTModel at batch 256 on the CPU (MNIST-shaped random data,
+Adam), alternating short reps with tracking off (``TrackingMode.DISABLED``) and on
+(``TrackingMode.TRAIN``), in alternating order. Prints the median step time of each
+mode, and the median of the per-rep ratios (each rep pairs two neighbouring
+measurements, so load from other processes mostly cancels). Target: ratio <= 1.05.
+
+Usage:
+    python tools/bench_tracking.py [--reps 31] [--steps 10] [--batch 256] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weightslab.surgery import Conv2dWithNeuronOps, LinearWithNeuronOps, NetworkWithOps, TrackingMode
+
+
+class MNISTModel(NetworkWithOps):
+    """The tutorial's model (seed/weightslab-tutorial.md)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracking_mode = TrackingMode.DISABLED
+        self.layer0 = Conv2dWithNeuronOps(in_channels=1, out_channels=2, kernel_size=3)
+        self.mpool0 = nn.MaxPool2d(2)
+        self.layer1 = Conv2dWithNeuronOps(in_channels=2, out_channels=4, kernel_size=3)
+        self.mpool1 = nn.MaxPool2d(2)
+        self.layer2 = Conv2dWithNeuronOps(in_channels=4, out_channels=10, kernel_size=3)
+        self.mpool2 = nn.MaxPool2d(2)
+        self.out = LinearWithNeuronOps(in_features=10, out_features=10)
+        self.layers = [self.layer0, self.layer1, self.layer2, self.out]
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self.maybe_update_age(input)
+        x = self.mpool0(F.relu(self.layer0(input)))
+        x = self.mpool1(F.relu(self.layer1(x)))
+        x = self.mpool2(F.relu(self.layer2(x)))
+        x = x.view(x.size(0), -1)
+        return F.log_softmax(self.out(x, skip_register=True), dim=1)
+
+
+def run(model: MNISTModel, optimizer: torch.optim.Optimizer, batches: list, mode: TrackingMode) -> float:
+    """Seconds per training step over ``batches`` with the given tracking mode."""
+    model.tracking_mode = mode
+    start = time.perf_counter()
+    for x, y in batches:
+        optimizer.zero_grad()
+        F.nll_loss(model(x), y).backward()
+        optimizer.step()
+    return (time.perf_counter() - start) / len(batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=31, help="alternating reps of each mode")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per rep and mode")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = MNISTModel()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.attach_optimizer(optimizer)
+    batches = [(torch.randn(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))) for _ in range(args.steps)]
+    run(model, optimizer, batches[:5], TrackingMode.TRAIN)  # warm-up
+    run(model, optimizer, batches[:5], TrackingMode.DISABLED)
+    times: dict[TrackingMode, list[float]] = {TrackingMode.DISABLED: [], TrackingMode.TRAIN: []}
+    ratios = []
+    for rep in range(args.reps):
+        order = (TrackingMode.DISABLED, TrackingMode.TRAIN) if rep % 2 == 0 else (TrackingMode.TRAIN, TrackingMode.DISABLED)
+        for mode in order:
+            times[mode].append(run(model, optimizer, batches, mode))
+        ratios.append(times[TrackingMode.TRAIN][-1] / times[TrackingMode.DISABLED][-1])
+    plain = statistics.median(times[TrackingMode.DISABLED])
+    tracked = statistics.median(times[TrackingMode.TRAIN])
+    ratio = statistics.median(ratios)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+          f"{args.reps} reps x {args.steps} steps")
+    print(f"plain   (tracking off): median {plain * 1e3:8.3f} ms/step")
+    print(f"tracked (TRAIN)       : median {tracked * 1e3:8.3f} ms/step")
+    print(f"ratio of medians      : {tracked / plain:.4f}")
+    print(f"median paired ratio   : {ratio:.4f}  (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""The Experiment: recorded training, checkpoints, lineage, replay."""
+
+from weightslab.experiment.experiment import Experiment
+
+__all__ = ["Experiment"]

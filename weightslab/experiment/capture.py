@@ -1,0 +1,99 @@
+"""Capture and restore an experiment's whole state as named tensors (+ a little JSON).
+
+Names: ``model/<state_dict key>``, ``optim/<param index>/<key>``,
+``ledger/<split>/<column>``, ``sampler/<split>/<key>``, ``rng/<key>``.
+The JSON part holds what is not a tensor: optimizer hyper-parameters and
+non-tensor state values, the architecture, the model age.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from weightslab.errors import IntegrityError
+from weightslab.experiment.rng import capture_rng, restore_rng
+from weightslab.experiment.state import to_tensor
+
+if TYPE_CHECKING:
+    from weightslab.experiment.experiment import Experiment
+
+__all__ = ["capture", "restore"]
+
+
+def capture(exp: Experiment, *, rng: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """All state tensors of ``exp`` (live references, not copies) and the JSON part."""
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in exp.model.state_dict(keep_vars=False).items():
+        tensors[f"model/{k}"] = v
+    sd = exp.optimizer.state_dict()
+    scalars: dict[str, Any] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim/{idx}/{k}"] = v
+            else:
+                scalars[f"{idx}/{k}"] = v
+    groups, tuple_keys = [], set()
+    for g in sd["param_groups"]:
+        clean = {}
+        for k, v in g.items():
+            if isinstance(v, tuple):
+                tuple_keys.add(k)
+                v = list(v)
+            clean[k] = v
+        groups.append(clean)
+    for split, ds, sampler in exp._splits():
+        for k, v in ds.state_arrays().items():
+            tensors[f"ledger/{split}/{k}"] = to_tensor(v)
+        for k, v in sampler.state_arrays().items():
+            tensors[f"sampler/{split}/{k}"] = to_tensor(v)
+    if rng:
+        for k, v in capture_rng().items():
+            tensors[f"rng/{k}"] = v
+    meta = {
+        "optimizer": {"class": type(exp.optimizer).__name__, "param_groups": groups,
+                      "tuple_keys": sorted(tuple_keys), "scalars": scalars},
+        "architecture": exp._widths(),
+        "model_age": exp.model_age,
+    }
+    return tensors, meta
+
+
+def restore(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Put ``exp`` into the captured state: widths, weights, optimizer, ledgers, samplers, RNG.
+
+    The optimizer object and the Parameter objects stay the same.
+    """
+    opt_meta = meta["optimizer"]
+    if opt_meta["class"] != type(exp.optimizer).__name__:
+        raise IntegrityError(
+            f"the state was recorded with optimizer {opt_meta['class']}, this experiment uses "
+            f"{type(exp.optimizer).__name__}; reopen it with optimizer_class={opt_meta['class']}"
+        )
+    device = exp.device
+    model_sd = {k[len("model/"):]: v.to(device) for k, v in tensors.items() if k.startswith("model/")}
+    exp.model.load_state_resizing(model_sd)
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim/"):
+            _, idx, key = k.split("/", 2)
+            state.setdefault(int(idx), {})[key] = v
+    for k, v in opt_meta["scalars"].items():
+        idx, key = k.split("/", 1)
+        state.setdefault(int(idx), {})[key] = v
+    groups = []
+    for g in opt_meta["param_groups"]:
+        groups.append({k: tuple(v) if k in opt_meta["tuple_keys"] else v for k, v in g.items()})
+    exp.optimizer.load_state_dict({"state": state, "param_groups": groups})
+    for split, ds, sampler in exp._splits():
+        ledger = {k.split("/", 2)[2]: v.numpy() for k, v in tensors.items() if k.startswith(f"ledger/{split}/")}
+        ds.load_state_arrays(ledger)
+        samp = {k.split("/", 2)[2]: np.asarray(v.numpy()) for k, v in tensors.items()
+                if k.startswith(f"sampler/{split}/")}
+        sampler.load_state_arrays(samp)
+    rng = {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}
+    if rng:
+        restore_rng(rng)

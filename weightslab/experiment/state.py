@@ -1,0 +1,68 @@
+"""The experiment's full state as named tensors, and its fingerprint.
+
+One flat namespace of tensors covers everything a checkpoint restores and a
+fingerprint proves: ``model/*`` (parameters and buffers, per-neuron settings
+and counters included), ``optim/<param index>/<key>``, ``ledger/<split>/*``,
+``sampler/<split>/*`` and ``rng/*``. Non-tensor parts (optimizer
+hyper-parameters, architecture) travel as JSON beside it.
+
+A tensor's hash is the SHA-256 of its WLT1 bytes (the blob it would be stored
+as); the state hash is the SHA-256 of the canonical JSON of {name: hash}, so a
+checkpoint manifest proves the state hash recorded with its event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from weightslab.events.codec import canonical_json
+from weightslab.history.tensorcodec import MAGIC
+
+__all__ = ["GROUPS", "group_hashes", "state_hash", "tensor_hash", "to_tensor"]
+
+GROUPS = ("model", "optim", "ledger", "sampler", "rng")
+
+
+def to_tensor(value: Any) -> torch.Tensor:
+    """A numpy array or tensor as a CPU tensor (numpy bool/int/float dtypes)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    arr = np.asarray(value)
+    return torch.from_numpy(arr if arr.flags.c_contiguous else arr.copy())  # keeps 0-d arrays 0-d
+
+
+def tensor_hash(t: torch.Tensor) -> str:
+    """SHA-256 of the tensor's WLT1 encoding, computed without building the bytes."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    header = canonical_json({"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}).encode()
+    h = hashlib.sha256(MAGIC + struct.pack("<I", len(header)) + header)
+    if t.numel():
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def tensor_hashes(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    return {name: tensor_hash(t) for name, t in tensors.items()}
+
+
+def state_hash(hashes: Mapping[str, str]) -> str:
+    """The fingerprint of a whole state, from its per-tensor hashes."""
+    return hashlib.sha256(canonical_json(dict(hashes)).encode()).hexdigest()
+
+
+def group_hashes(hashes: Mapping[str, str], groups: Iterable[str] = GROUPS) -> dict[str, str]:
+    """Fingerprint per group (model, optim, ledger, sampler, rng), to say *what* differs."""
+    out = {}
+    for g in groups:
+        part = {k: v for k, v in hashes.items() if k.split("/", 1)[0] == g}
+        out[g] = state_hash(part)
+    return out

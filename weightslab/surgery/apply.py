@@ -1,0 +1,231 @@
+"""Apply a plan: the one place where surgery mutates layers and optimizer state.
+
+Staging is pure (every new tensor is built first, random draws from the
+operation's own generator); committing only swaps references (``param.data``,
+buffers, optimizer state entries, width attributes) and logs how to swap them
+back, so a failure mid-way rolls back to the exact previous objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from weightslab.errors import SurgeryError
+from weightslab.surgery.modules import NeuronLayer, Slot
+from weightslab.surgery.optim_state import check_state_layout, param_step
+from weightslab.surgery.plan import ModuleEdit
+from weightslab.surgery.tensor_ops import draw_uniform, perturb, remap
+
+__all__ = ["Staged", "commit", "install_data", "run_transaction", "stage_edit", "stage_reinit"]
+
+Undo = list[Callable[[], None]]
+
+
+@dataclass
+class Staged:
+    """New tensors for one layer, not yet installed."""
+
+    layer: NeuronLayer
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    out_width: int | None = None
+    in_width: int | None = None
+
+
+def install_data(param: torch.Tensor, new: torch.Tensor) -> None:
+    """Give ``param`` new data (any shape), keeping the Parameter object.
+
+    A plain ``param.data = new`` keeps autograd's gradient accumulator of ``param``, which
+    remembers the old shape: if any old graph is still alive (a kept ``loss``, an output),
+    the next backward fails. Autograd drops the accumulator when the dtype changes, so
+    the data goes through an empty tensor of another dtype first.
+    """
+    other = torch.float64 if new.dtype != torch.float64 else torch.float32
+    param.data = torch.empty(0, dtype=other, device=new.device)
+    param.data = new
+
+
+def _step_of(layer: NeuronLayer, optimizer: torch.optim.Optimizer | None) -> int:
+    weight = getattr(layer, "weight", None)
+    return param_step(optimizer, weight) if isinstance(weight, torch.Tensor) else 0
+
+
+def _fill(
+    spec: float | str,
+    tensor: torch.Tensor,
+    dim: int,
+    count: int,
+    layer: NeuronLayer,
+    generator: torch.Generator,
+    step: int,
+) -> torch.Tensor | float:
+    if spec == "init":
+        shape = list(tensor.shape)
+        shape[dim] = count
+        return draw_uniform(shape, layer.init_bound(), generator)
+    if spec == "step":
+        return float(step)
+    return float(spec)
+
+
+def _is_param(layer: NeuronLayer, name: str) -> bool:
+    module: Any = layer
+    return name in module._parameters
+
+
+def _stage_state(
+    staged: Staged,
+    optimizer: torch.optim.Optimizer | None,
+    transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+) -> None:
+    if optimizer is None:
+        return
+    for name, transform in transforms.items():
+        param = getattr(staged.layer, name)
+        check_state_layout(optimizer, param)
+        if param not in optimizer.state:
+            continue
+        entries = {}
+        for key, value in optimizer.state[param].items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                entries[key] = transform(value)
+        staged.state[name] = entries
+
+
+def stage_edit(
+    layer: NeuronLayer, edit: ModuleEdit, optimizer: torch.optim.Optimizer | None, generator: torch.Generator
+) -> Staged:
+    """New tensors (and optimizer state) of ``layer`` after a prune/add ``edit``."""
+    staged = Staged(layer)
+    step = _step_of(layer, optimizer)
+    transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for slot in layer.slots():
+        tensor = getattr(layer, slot.name)
+        if tensor is None:
+            continue
+        new = tensor.detach()
+        rows = edit.row_source if slot.row_dim is not None else None
+        cols = edit.col_source if slot.col_dim is not None else None
+        if rows is not None and slot.row_dim is not None:
+            count = int((rows < 0).sum())
+            new = remap(new, slot.row_dim, rows, _fill(slot.row_fill, new, slot.row_dim, count, layer, generator, step))
+        if cols is not None and slot.col_dim is not None:
+            count = int((cols < 0).sum())
+            new = remap(new, slot.col_dim, cols, _fill(slot.col_fill, new, slot.col_dim, count, layer, generator, step))
+        if rows is not None or cols is not None:
+            staged.tensors[slot.name] = new
+            if _is_param(layer, slot.name):
+                transforms[slot.name] = _zero_fill_transform(slot, rows, cols)
+    _stage_state(staged, optimizer, transforms)
+    if edit.row_source is not None:
+        staged.out_width = len(edit.row_source)
+    if edit.col_source is not None:
+        staged.in_width = len(edit.col_source)
+    return staged
+
+
+def _zero_fill_transform(
+    slot: Slot, rows: np.ndarray | None, cols: np.ndarray | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    def transform(value: torch.Tensor) -> torch.Tensor:
+        if rows is not None and slot.row_dim is not None:
+            value = remap(value, slot.row_dim, rows, 0.0)
+        if cols is not None and slot.col_dim is not None:
+            value = remap(value, slot.col_dim, cols, 0.0)
+        return value
+
+    return transform
+
+
+_REINIT_SKIP = {"lr_row_multiplier"}
+
+
+def stage_reinit(
+    layer: NeuronLayer,
+    indices: list[int],
+    ratio: float | None,
+    optimizer: torch.optim.Optimizer | None,
+    generator: torch.Generator,
+) -> Staged:
+    """New tensors of ``layer`` with rows ``indices`` re-drawn (or perturbed by ``ratio``).
+
+    Counters of those neurons restart at 0, their optimizer state at zero with a
+    fresh birth step; learning-rate multipliers are kept.
+    """
+    staged = Staged(layer)
+    step = _step_of(layer, optimizer)
+    rows = np.arange(layer.neuron_count, dtype=np.int64)
+    rows[indices] = -1
+    picked = torch.as_tensor(indices, dtype=torch.long)
+    transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for slot in layer.slots():
+        tensor = getattr(layer, slot.name)
+        if tensor is None or slot.row_dim is None or slot.name in _REINIT_SKIP:
+            continue
+        old_rows = tensor.detach().index_select(slot.row_dim, picked.to(tensor.device))
+        is_param = _is_param(layer, slot.name)
+        fill: torch.Tensor | float
+        if is_param and ratio is not None:
+            fill = perturb(old_rows, ratio, generator)
+        elif slot.name.startswith("running_") and ratio is not None:
+            fill = old_rows
+        else:
+            fill = _fill(slot.row_fill, tensor, slot.row_dim, len(indices), layer, generator, step)
+        staged.tensors[slot.name] = remap(tensor.detach(), slot.row_dim, rows, fill)
+        if is_param:
+            transforms[slot.name] = _zero_fill_transform(slot, rows, None)
+    _stage_state(staged, optimizer, transforms)
+    return staged
+
+
+def commit(staged: Staged, optimizer: torch.optim.Optimizer | None, undo: Undo) -> None:
+    """Install staged tensors (same Parameter objects, new ``.data``), logging the reverse swaps."""
+    module: Any = staged.layer
+    for name, new in staged.tensors.items():
+        if name in module._parameters:
+            param = module._parameters[name]
+            old_data, old_grad = param.data, param.grad
+            install_data(param, new)
+            param.grad = None
+
+            def restore(param: Any = param, data: Any = old_data, grad: Any = old_grad) -> None:
+                install_data(param, data)
+                param.grad = grad
+
+            undo.append(restore)
+        else:
+            old = module._buffers[name]
+            module._buffers[name] = new
+            undo.append(partial(module._buffers.__setitem__, name, old))
+    if optimizer is not None:
+        for name, entries in staged.state.items():
+            state = optimizer.state[getattr(module, name)]
+            for key, value in entries.items():
+                old = state[key]
+                state[key] = value
+                undo.append(partial(state.__setitem__, key, old))
+    if staged.out_width is not None or staged.in_width is not None:
+        old_out, old_in = staged.layer.neuron_count, staged.layer.incoming_count
+        staged.layer._set_widths(
+            staged.out_width if staged.out_width is not None else old_out,
+            staged.in_width if staged.in_width is not None else None,
+        )
+        undo.append(lambda: staged.layer._set_widths(old_out, old_in))
+
+
+def run_transaction(staged: list[Staged], optimizer: torch.optim.Optimizer | None, what: str) -> None:
+    """Commit every staged layer, or none: on any error, undo and raise :class:`SurgeryError`."""
+    undo: Undo = []
+    try:
+        for item in staged:
+            commit(item, optimizer, undo)
+    except Exception as error:
+        for step in reversed(undo):
+            step()
+        raise SurgeryError(f"{what} failed while installing the new tensors and was rolled back: {error}") from error

@@ -1,0 +1,375 @@
+"""The ``*WithNeuronOps`` layers: torch layers that carry their per-neuron state.
+
+Everything per neuron lives in registered buffers, so ``model.state_dict()`` holds
+it and a checkpoint restores it: trigger counters and seen-sample counts (train
+and eval), learning-rate multipliers per neuron (rows) and per incoming neuron
+(columns), the optimizer step at which each row/column was (re)born (for Adam's
+bias correction of fresh moments), and a frozen flag.
+
+A layer knows the network that owns it (a weak reference set by the network), so
+an operation invoked on a layer is recorded by the network's observers.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from weightslab.errors import ConfigurationError
+from weightslab.surgery.selection import check_multiplier, check_neuron_indices
+from weightslab.surgery.tracking import TrackingMode, count_triggers
+
+if TYPE_CHECKING:
+    from weightslab.surgery.network import NetworkWithOps
+
+__all__ = [
+    "BatchNorm2dWithNeuronOps",
+    "Conv2dWithNeuronOps",
+    "LinearWithNeuronOps",
+    "NeuronLayer",
+    "Slot",
+]
+
+COUNTER_NAMES = ("train_trigger_count", "train_seen_count", "eval_trigger_count", "eval_seen_count")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One tensor of a layer and how it follows the layer's neurons.
+
+    Attributes:
+        name: attribute name of the parameter or buffer.
+        row_dim: dimension indexed by the layer's neurons (None: not per neuron).
+        col_dim: dimension indexed by incoming neurons (None: none).
+        row_fill: value of new rows: a number, ``"init"`` (drawn like the
+            initializer) or ``"step"`` (the optimizer step at birth).
+        col_fill: value of new columns (a number or ``"step"``).
+    """
+
+    name: str
+    row_dim: int | None
+    col_dim: int | None = None
+    row_fill: float | str = 0.0
+    col_fill: float | str = 0.0
+
+
+class NeuronLayer:
+    """Mixin of the ops layers (placed before the torch layer class in the bases)."""
+
+    channel_dim: int = 1
+    out_attr: str = ""
+    in_attr: str | None = None
+
+    # -- construction ---------------------------------------------------------------------------------------
+
+    def _init_neuron_state(self) -> None:
+        module: Any = self
+        self._reset_neuron_state()
+        self._wl_mode = TrackingMode.DISABLED
+        self._wl_trace: Any = None
+        self._wl_network: weakref.ref[NetworkWithOps] | None = None
+        self._wl_lr_active = False
+        self._wl_max_birth = 0
+        self._wl_mult_cache: dict[str, torch.Tensor] = {}
+        module.register_load_state_dict_post_hook(_after_load)
+
+    def _reset_neuron_state(self) -> None:
+        """(Re)create the per-neuron buffers for the current widths, on the parameters' device."""
+        module: Any = self
+        out_width = self.neuron_count
+        in_width = self.incoming_count
+        device = next(iter(module.parameters()), torch.zeros(0)).device
+        for name in COUNTER_NAMES:
+            module.register_buffer(name, torch.zeros(out_width, dtype=torch.int64, device=device))
+        module.register_buffer("lr_row_multiplier", torch.ones(out_width, dtype=torch.float64, device=device))
+        module.register_buffer("lr_col_multiplier", torch.ones(in_width, dtype=torch.float64, device=device))
+        module.register_buffer("row_birth_step", torch.zeros(out_width, dtype=torch.int64, device=device))
+        module.register_buffer("col_birth_step", torch.zeros(in_width, dtype=torch.int64, device=device))
+        module.register_buffer("frozen", torch.zeros((), dtype=torch.bool, device=device))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A weak reference cannot be pickled, and a copy must not route to the original network;
+        # the owning network re-binds its layers when it is unpickled or copied.
+        state = dict(self.__dict__)
+        state["_wl_network"] = None
+        state["_wl_trace"] = None
+        return state
+
+    # -- shape ----------------------------------------------------------------------------------------------
+
+    @property
+    def neuron_count(self) -> int:
+        """Number of neurons (output channels / features)."""
+        return int(getattr(self, self.out_attr))
+
+    @property
+    def incoming_count(self) -> int:
+        """Number of incoming neurons (input channels / features); 0 for batch norm."""
+        return int(getattr(self, self.in_attr)) if self.in_attr else 0
+
+    def _set_widths(self, out_width: int, in_width: int | None) -> None:
+        setattr(self, self.out_attr, out_width)
+        if self.in_attr and in_width is not None:
+            setattr(self, self.in_attr, in_width)
+
+    def slots(self) -> list[Slot]:
+        """The layer's tensors that follow its neurons (see :class:`Slot`)."""
+        raise NotImplementedError
+
+    def init_bound(self) -> float:
+        """Half-width of the uniform initializer of a fresh row (PyTorch's default init)."""
+        raise NotImplementedError
+
+    # -- tracking -------------------------------------------------------------------------------------------
+
+    def _record_triggers(self, output: torch.Tensor) -> None:
+        module: Any = self
+        fired = count_triggers(output, self.channel_dim)
+        if self._wl_mode is TrackingMode.TRAIN:
+            module.train_trigger_count.add_(fired)
+            module.train_seen_count.add_(output.shape[0])
+        else:
+            module.eval_trigger_count.add_(fired)
+            module.eval_seen_count.add_(output.shape[0])
+
+    def trigger_rates(self, split: str = "train") -> torch.Tensor:
+        """Per-neuron trigger rate (triggers / samples seen) for ``split`` ('train' or 'eval').
+
+        Neurons that saw no sample have rate 0.
+        """
+        if split not in ("train", "eval"):
+            raise ConfigurationError(f"split must be 'train' or 'eval', got {split!r}.")
+        module: Any = self
+        triggers = getattr(module, f"{split}_trigger_count").double()
+        seen = getattr(module, f"{split}_seen_count").double()
+        return torch.where(seen > 0, triggers / seen.clamp_min(1), torch.zeros_like(seen))
+
+    # -- per-neuron learning rate ---------------------------------------------------------------------------
+
+    def _owner(self) -> NetworkWithOps | None:
+        return self._wl_network() if self._wl_network is not None else None
+
+    def set_per_neuron_learning_rate(self, neuron_indices: Iterable[int], lr: float) -> None:
+        """Multiply the optimizer's update of these neurons (weight rows and bias) by ``lr``.
+
+        ``lr=1.0`` is normal training, ``0.0`` keeps them fixed. Exact for any optimizer
+        attached with ``model.attach_optimizer`` (Adam included).
+
+        Example:
+            ``model.layers[0].set_per_neuron_learning_rate({0, 1}, lr=0.0)``
+        """
+        owner = self._owner()
+        if owner is not None:
+            owner.set_per_neuron_learning_rate(owner.layer_index_of(self), neuron_indices, lr)
+            return
+        indices = check_neuron_indices(neuron_indices, self.neuron_count)
+        self._set_multiplier("lr_row_multiplier", indices, check_multiplier(lr))
+
+    def set_per_incoming_neuron_learning_rate(self, neuron_indices: Iterable[int], lr: float) -> None:
+        """Multiply the optimizer's update of the weight columns of these incoming neurons by ``lr``.
+
+        Example:
+            ``model.layers[1].set_per_incoming_neuron_learning_rate({0}, lr=0.5)``
+        """
+        owner = self._owner()
+        if owner is not None:
+            owner.set_per_incoming_neuron_learning_rate(owner.layer_index_of(self), neuron_indices, lr)
+            return
+        self._check_has_columns()
+        indices = check_neuron_indices(neuron_indices, self.incoming_count)
+        self._set_multiplier("lr_col_multiplier", indices, check_multiplier(lr))
+
+    def _check_has_columns(self) -> None:
+        if self.in_attr is None:
+            raise ConfigurationError(
+                f"{type(self).__name__} has no incoming weights (it scales each channel on its own); "
+                "use set_per_neuron_learning_rate instead."
+            )
+
+    def _set_multiplier(self, buffer_name: str, indices: list[int], lr: float) -> None:
+        buffer: torch.Tensor = getattr(self, buffer_name)
+        buffer[torch.tensor(indices, dtype=torch.long, device=buffer.device)] = lr
+        self._refresh_caches()
+
+    def step_multiplier(self, param_name: str, like: torch.Tensor) -> torch.Tensor | None:
+        """The user's per-element multiplier of ``param_name``'s update, or None when all ones."""
+        if not self._wl_lr_active:
+            return None
+        cached = self._wl_mult_cache.get(param_name)
+        if cached is None or cached.shape != like.shape or cached.dtype != like.dtype or cached.device != like.device:
+            module: Any = self
+            rows = module.lr_row_multiplier
+            m = rows.view([-1] + [1] * (like.dim() - 1))
+            if param_name == "weight" and self.in_attr is not None and like.dim() > 1:
+                cols = module.lr_col_multiplier
+                m = m * cols.view([1, -1] + [1] * (like.dim() - 2))
+            cached = m.expand(like.shape).to(device=like.device, dtype=like.dtype).contiguous()
+            self._wl_mult_cache[param_name] = cached
+        return cached
+
+    # -- freezing -------------------------------------------------------------------------------------------
+
+    def _set_frozen(self, flag: bool) -> None:
+        module: Any = self
+        module.frozen.fill_(flag)
+        self._apply_frozen(flag)
+
+    def _apply_frozen(self, flag: bool) -> None:
+        module: Any = self
+        for param in module.parameters(recurse=False):
+            param.requires_grad_(not flag)
+            if flag:
+                param.grad = None
+
+    @property
+    def is_frozen(self) -> bool:
+        """Whether the layer is frozen (its parameters do not train)."""
+        module: Any = self
+        return bool(module.frozen)
+
+    # -- caches ---------------------------------------------------------------------------------------------
+
+    def _refresh_caches(self) -> None:
+        """Recompute the host-side summaries of the buffers (after an edit or a load)."""
+        module: Any = self
+        self._wl_mult_cache = {}
+        self._wl_lr_active = bool(
+            (module.lr_row_multiplier != 1).any() or (module.lr_col_multiplier != 1).any()
+        )
+        births = [b.max() for b in (module.row_birth_step, module.col_birth_step) if b.numel()]
+        self._wl_max_birth = int(torch.stack(births).max()) if births else 0
+        owner = self._owner()
+        if owner is not None:
+            owner._invalidate_step_targets()
+
+
+def _after_load(module: nn.Module, incompatible: Any) -> None:
+    layer: Any = module
+    layer._apply_frozen(bool(layer.frozen))
+    layer._refresh_caches()
+
+
+def _uniform_bound(fan_in: int) -> float:
+    # kaiming_uniform_(a=sqrt(5)) and the default bias init both reduce to U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    return 1.0 / fan_in**0.5 if fan_in > 0 else 0.0
+
+
+_COUNTER_SLOTS = [Slot(name, row_dim=0) for name in COUNTER_NAMES]
+
+
+class Conv2dWithNeuronOps(NeuronLayer, nn.Conv2d):
+    """``nn.Conv2d`` whose output channels are editable neurons.
+
+    ``forward(x, skip_register=False)``: with ``skip_register=True`` the call updates no counters.
+    """
+
+    channel_dim = 1
+    out_attr = "out_channels"
+    in_attr = "in_channels"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        nn.Conv2d.__init__(self, *args, **kwargs)
+        self._init_neuron_state()
+
+    def slots(self) -> list[Slot]:
+        grouped = self.groups != 1
+        slots = [Slot("weight", 0, None if grouped else 1, "init", 0.0)]
+        if self.bias is not None:
+            slots.append(Slot("bias", 0, None, "init"))
+        return slots + _COUNTER_SLOTS + [
+            Slot("lr_row_multiplier", 0, None, 1.0),
+            Slot("lr_col_multiplier", None, 0, col_fill=1.0),
+            Slot("row_birth_step", 0, None, "step"),
+            Slot("col_birth_step", None, 0, col_fill="step"),
+        ]
+
+    def init_bound(self) -> float:
+        fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        return _uniform_bound(fan_in)
+
+    def forward(self, input: torch.Tensor, skip_register: bool = False) -> torch.Tensor:
+        if self._wl_trace is not None:
+            return self._wl_trace.layer_forward(self, input)
+        output = self._conv_forward(input, self.weight, self.bias)
+        if self._wl_mode is not TrackingMode.DISABLED and not skip_register:
+            self._record_triggers(output)
+        return output
+
+
+class LinearWithNeuronOps(NeuronLayer, nn.Linear):
+    """``nn.Linear`` whose output features are editable neurons.
+
+    ``forward(x, skip_register=False)``: with ``skip_register=True`` the call updates no counters.
+    """
+
+    channel_dim = -1
+    out_attr = "out_features"
+    in_attr = "in_features"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        nn.Linear.__init__(self, *args, **kwargs)
+        self._init_neuron_state()
+
+    def slots(self) -> list[Slot]:
+        slots = [Slot("weight", 0, 1, "init", 0.0)]
+        if self.bias is not None:
+            slots.append(Slot("bias", 0, None, "init"))
+        return slots + _COUNTER_SLOTS + [
+            Slot("lr_row_multiplier", 0, None, 1.0),
+            Slot("lr_col_multiplier", None, 0, col_fill=1.0),
+            Slot("row_birth_step", 0, None, "step"),
+            Slot("col_birth_step", None, 0, col_fill="step"),
+        ]
+
+    def init_bound(self) -> float:
+        return _uniform_bound(self.in_features)
+
+    def forward(self, input: torch.Tensor, skip_register: bool = False) -> torch.Tensor:
+        if self._wl_trace is not None:
+            return self._wl_trace.layer_forward(self, input)
+        output = nn.functional.linear(input, self.weight, self.bias)
+        if self._wl_mode is not TrackingMode.DISABLED and not skip_register:
+            self._record_triggers(output)
+        return output
+
+
+class BatchNorm2dWithNeuronOps(NeuronLayer, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose channels follow the layer that produces them.
+
+    Its counters track the normalised output (the pre-activation of a conv → BN → ReLU block).
+    """
+
+    channel_dim = 1
+    out_attr = "num_features"
+    in_attr = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        nn.BatchNorm2d.__init__(self, *args, **kwargs)
+        self._init_neuron_state()
+
+    def slots(self) -> list[Slot]:
+        slots = []
+        if self.weight is not None:
+            slots += [Slot("weight", 0, None, 1.0), Slot("bias", 0, None, 0.0)]
+        if self.running_mean is not None:
+            slots += [Slot("running_mean", 0, None, 0.0), Slot("running_var", 0, None, 1.0)]
+        return slots + _COUNTER_SLOTS + [
+            Slot("lr_row_multiplier", 0, None, 1.0),
+            Slot("row_birth_step", 0, None, "step"),
+        ]
+
+    def init_bound(self) -> float:
+        return 0.0
+
+    def forward(self, input: torch.Tensor, skip_register: bool = False) -> torch.Tensor:
+        if self._wl_trace is not None:
+            return self._wl_trace.layer_forward(self, input)
+        output = nn.BatchNorm2d.forward(self, input)
+        if self._wl_mode is not TrackingMode.DISABLED and not skip_register:
+            self._record_triggers(output)
+        return output

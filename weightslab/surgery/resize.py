@@ -1,0 +1,103 @@
+"""Loading a checkpoint whose layer widths differ from the live model's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from weightslab.errors import ConfigurationError
+from weightslab.surgery.apply import install_data
+
+if TYPE_CHECKING:
+    from weightslab.surgery.network import NetworkWithOps
+
+__all__ = ["load_state_resizing"]
+
+
+def _preview(keys: set[str]) -> str:
+    shown = sorted(keys)[:5]
+    return ", ".join(shown) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def load_state_resizing(network: NetworkWithOps, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """See :meth:`NetworkWithOps.load_state_resizing`."""
+    own = network.state_dict()
+    missing, unexpected = set(own) - set(state_dict), set(state_dict) - set(own)
+    if missing or unexpected:
+        raise ConfigurationError(
+            "the state dict does not match the model's structure: "
+            + (f"missing {_preview(missing)}; " if missing else "")
+            + (f"unexpected {_preview(unexpected)}; " if unexpected else "")
+            + "load a checkpoint of this model class."
+        )
+    names = network._layer_names()
+    prefixes = {name + "." if name else "": layer for layer, name in names.items()}
+    owned: dict[str, tuple[Any, str]] = {}
+    for prefix, layer in prefixes.items():
+        module: Any = layer
+        for tname in [*module._parameters, *module._buffers]:
+            owned[prefix + tname] = (layer, tname)
+    for key, value in state_dict.items():
+        if key not in owned and tuple(own[key].shape) != tuple(value.shape):
+            raise ConfigurationError(
+                f"{key} has shape {tuple(value.shape)} in the state dict but {tuple(own[key].shape)} in the model, "
+                "and it is not part of an ops layer that could be resized."
+            )
+    optimizer = network.optimizer
+    undo: list[Callable[[], None]] = []
+    try:
+        for prefix, layer in prefixes.items():
+            _resize_layer(layer, prefix, state_dict, optimizer, undo)
+        network._forget_graph()
+        network.load_state_dict(state_dict, strict=True)
+    except Exception as error:
+        for step in reversed(undo):
+            step()
+        for layer in names:
+            layer._refresh_caches()
+        raise ConfigurationError(f"loading the state dict failed and was rolled back: {error}") from error
+    network._forget_graph()
+    network._invalidate_step_targets()
+
+
+def _restorer(param: torch.Tensor, data: torch.Tensor, grad: torch.Tensor | None) -> Callable[[], None]:
+    def restore() -> None:
+        install_data(param, data)
+        param.grad = grad
+
+    return restore
+
+
+def _resize_layer(
+    layer: Any,
+    prefix: str,
+    state_dict: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | None,
+    undo: list[Callable[[], None]],
+) -> None:
+    for tname, param in list(layer._parameters.items()):
+        if param is None or param.shape == state_dict[prefix + tname].shape:
+            continue
+        target = state_dict[prefix + tname]
+        old_data, old_grad = param.data, param.grad
+        install_data(param, torch.zeros(target.shape, dtype=param.dtype, device=param.device))
+        param.grad = None
+        undo.append(_restorer(param, old_data, old_grad))
+        if optimizer is not None and param in optimizer.state:
+            old_state = optimizer.state.pop(param)
+            undo.append(partial(optimizer.state.__setitem__, param, old_state))
+    for tname, buffer in list(layer._buffers.items()):
+        if buffer is None or buffer.shape == state_dict[prefix + tname].shape:
+            continue
+        target = state_dict[prefix + tname]
+        layer._buffers[tname] = torch.zeros(target.shape, dtype=buffer.dtype, device=buffer.device)
+        undo.append(partial(layer._buffers.__setitem__, tname, buffer))
+    old_out, old_in = layer.neuron_count, layer.incoming_count
+    out_width = int(state_dict[prefix + "lr_row_multiplier"].shape[0])
+    in_width = int(state_dict[prefix + "lr_col_multiplier"].shape[0])
+    if (out_width, in_width) != (old_out, old_in):
+        layer._set_widths(out_width, in_width if layer.in_attr else None)
+        undo.append(lambda: layer._set_widths(old_out, old_in if layer.in_attr else None))
