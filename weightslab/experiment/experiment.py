@@ -217,14 +217,17 @@ class Experiment:
         from weightslab.experiment import resume
 
         row = self.store.find_experiment(self.name)
-        if row is None:
+        if row is None or self.store.last_seq(row.experiment_id) == 0:
             torch.manual_seed(seed)
             np.random.seed(seed % 2**32)
             import random
 
             random.seed(seed)
             config = self._config_record()
-            row = self.store.create_experiment(self.name, config=config, recipe=self.recipe)
+            if row is None:
+                row = self.store.create_experiment(self.name, config=config, recipe=self.recipe)
+            else:  # its creator died (e.g. SIGKILL) before recording the creation event: finish creating it
+                row = self._adopt_unrecorded(row.experiment_id, config)
             self._experiment_id = row.experiment_id
             self._recorder = Recorder(self, row.experiment_id, 0, _code_version())
             with self.store.transaction() as conn:
@@ -238,6 +241,18 @@ class Experiment:
                                       _code_version())
             resume.check_same_data(self, row.config)
             self.resume_report = resume.resume(self)
+
+    def _adopt_unrecorded(self, experiment_id: int, config: dict[str, Any]) -> Any:
+        """Take over a registered name with no events (nothing of it was recorded): record our config."""
+        from sqlalchemy import update
+
+        from weightslab.events.codec import normalise
+        from weightslab.history.schema import Experiment as ExperimentTable
+
+        with self.store.transaction() as conn:
+            conn.execute(update(ExperimentTable).where(ExperimentTable.experiment_id == experiment_id)
+                         .values(config=normalise(config, "config"), recipe=self.recipe))
+        return self.store.get_experiment(self.name)
 
     # ------------------------------------------------------------------ properties
 

@@ -24,6 +24,7 @@ from weightslab.experiment.checkpoints import read_manifest
 from weightslab.experiment.rng import restore_rng
 from weightslab.history.blobs import check_hash
 from weightslab.history.tensorcodec import decode_tensor
+from weightslab.surgery.operations import METHOD_OF_KIND
 
 if TYPE_CHECKING:
     from weightslab.experiment.experiment import Experiment
@@ -31,22 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Divergence", "ReplayOutcome", "apply_event", "load_recipe", "reapply", "replay_to", "replica",
            "verify_state"]
-
-_MODEL_OPS = {
-    "add_neurons": lambda m, a: m.add_neurons(layer_index=a["layer_index"], neuron_count=a["neuron_count"],
-                                              seed=a.get("seed")),
-    "prune": lambda m, a: m.prune(layer_index=a["layer_index"], neuron_indices=set(a["neuron_indices"])),
-    "reinit_neurons": lambda m, a: m.reinit_neurons(
-        layer_index=a["layer_index"], neuron_indices=set(a["neuron_indices"]),
-        perturbation_ratio=a.get("perturbation_ratio"), seed=a.get("seed")),
-    "set_neuron_lr": lambda m, a: m.layers[a["layer_index"]].set_per_neuron_learning_rate(
-        set(a["neuron_indices"]), lr=a["lr"]),
-    "set_incoming_neuron_lr": lambda m, a: m.layers[a["layer_index"]].set_per_incoming_neuron_learning_rate(
-        set(a["neuron_indices"]), lr=a["lr"]),
-    "freeze": lambda m, a: m.freeze_layers_up_to_idx(a["up_to_index"]),
-    "unfreeze": lambda m, a: m.unfreeze_layers_from_idx(a["from_index"]),
-}
-
 
 @dataclass(frozen=True)
 class Divergence:
@@ -87,8 +72,8 @@ def apply_event(exp: Experiment, event: EventRow) -> None:
             exp._train_loop(int(p["steps"]))
         elif kind == "eval":
             exp._eval_loop(None if p.get("full") else int(p["steps"]))
-        elif kind in _MODEL_OPS:
-            _MODEL_OPS[kind](exp.model, p["args"])
+        elif kind in METHOD_OF_KIND:
+            getattr(exp.model, METHOD_OF_KIND[kind])(**p["args"])
         elif kind in ("deny", "allow"):
             ds = exp._train_ds if p.get("split", "train") == "train" else exp._eval_ds
             ds.apply_recorded(kind, {"ids": _deny_allow_ids(exp, event)})

@@ -77,7 +77,14 @@ def resume(exp: Experiment) -> ResumeReport:
     exp._restore(tensors, meta)
     exp.chkpt_manager.head = checkpoint_id
     later = events[i + 1:]
-    report = ResumeReport(checkpoint_id, base.seq)
+    base_seq = base.seq
+    if base.kind == "resume":
+        # A resume event names its own base's manifest: its state is that manifest plus the events it
+        # re-applied, so re-apply those again (and the resume itself, to verify its fingerprint).
+        by_seq = {e.seq: e for e in events}
+        later = [by_seq[s] for s in base.payload.get("replayed", [])] + [base, *later]
+        base_seq = base.payload.get("base_seq", base.seq)
+    report = ResumeReport(checkpoint_id, base_seq)
     outcome = replay.reapply(exp, later)
     report.replayed, report.not_restored = outcome.replayed, outcome.not_restored
     if outcome.not_restored:
@@ -88,7 +95,7 @@ def resume(exp: Experiment) -> ResumeReport:
                       f"continuing from seq {outcome.replayed[-1] if outcome.replayed else base.seq}",
                       stacklevel=3)
     exp._recorder.append("resume", {
-        "checkpoint_id": checkpoint_id, "manifest": manifest, "base_seq": base.seq,
+        "checkpoint_id": checkpoint_id, "manifest": manifest, "base_seq": base_seq,
         "replayed": report.replayed, "not_restored": report.not_restored,
         "replayed_ops": [f"replayed seq {s}" for s in report.replayed],
     }, flush_all=True)

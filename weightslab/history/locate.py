@@ -127,7 +127,10 @@ def _configure_sqlite(engine: Engine, *, read_only: bool) -> None:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
         if not read_only:
-            cur.execute("PRAGMA journal_mode = WAL")
+            # WAL is a property of the database file: set it once. Setting it on every new
+            # connection would wait for (and fail behind) a writer holding the lock.
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         if read_only:

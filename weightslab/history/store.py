@@ -15,10 +15,12 @@ from typing import Any
 
 import pandas as pd
 from sqlalchemy import Connection, Engine, select, text
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.exc import StatementError as SAStatementError
 
 from weightslab.errors import (
+    ConfigurationError,
     DuplicateExperimentError,
     StoreError,
     StoreUnavailableError,
@@ -29,6 +31,7 @@ from weightslab.history import eventlog, migrate, snapshots
 from weightslab.history.blobs import BlobStore
 from weightslab.history.locate import StoreLocation, make_engine, resolve_store
 from weightslab.history.schema import Experiment, Snapshot
+from weightslab.history.sqlfence import READ_ONLY_HINT, query_error, run_prepared, single_read_statement
 
 __all__ = ["ExperimentRow", "Store"]
 
@@ -224,16 +227,44 @@ class Store:
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """Run one read-only SQL statement and return a DataFrame.
 
-        Writes are refused by the database itself (a read-only connection).
+        Three fences keep the store unchanged: only one statement is accepted
+        (checked here, and by the database itself: SQLite's driver runs one
+        statement per call, PostgreSQL gets it as a prepared statement, which
+        cannot hold two); it must start with SELECT, WITH, VALUES, TABLE,
+        EXPLAIN or SHOW; and it runs in a read-only transaction (``PRAGMA
+        query_only`` on SQLite, ``SET TRANSACTION READ ONLY`` on PostgreSQL)
+        that is always rolled back.
+
+        Raises:
+            ConfigurationError: several statements, a statement that is not a
+                query, a write refused by the database, or SQL the database rejects.
+
+        Example:
+            >>> store.query("SELECT kind, COUNT(*) AS n FROM events GROUP BY kind")
         """
+        statement = single_read_statement(sql, self.location.backend)
         engine = self._reader()
         with translate_errors(self.describe()), engine.connect() as conn:
-            result = conn.execute(text(sql), dict(params or {}))
-            if not result.returns_rows:
-                raise StoreError("the query returned no rows object; only SELECT-like statements are allowed")
-            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-            conn.rollback()
-            return frame
+            try:
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                    columns, rows = run_prepared(conn, statement, dict(params or {}))
+                else:
+                    conn.exec_driver_sql("PRAGMA query_only = ON")
+                    result = conn.execute(text(statement), dict(params or {}))
+                    if not result.returns_rows:
+                        raise ConfigurationError(f"refused: {statement[:60]!r} returns no rows; {READ_ONLY_HINT}")
+                    columns, rows = list(result.keys()), list(result.fetchall())
+            except DBAPIError as e:
+                if e.connection_invalidated:
+                    raise
+                raise query_error(e.orig) from e
+            except (SAStatementError, InvalidRequestError) as e:  # e.g. a missing bind parameter
+                reason = str(getattr(e, "orig", None) or e).split(" (Background on this error")[0]
+                raise ConfigurationError(f"the query cannot run: {reason}") from e
+            finally:
+                conn.rollback()
+        return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
     def _reader(self) -> Engine:
         if self._read_engine is None:

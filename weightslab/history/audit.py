@@ -1,0 +1,347 @@
+"""Audit: prove a recorded history, and list what is in it.
+
+``audit_experiment`` checks the two things a history rests on:
+
+- the **event chain**: every event's hash covers its content and its
+  predecessor's hash, so an edited, deleted or reordered event breaks it at
+  the first bad seq;
+- the **blobs**: every manifest the log names (the initial state, each
+  checkpoint, each state loaded), every tensor blob a manifest names, every
+  blob an event payload names and every snapshot must exist and hash to its
+  name; and the ``checkpoints`` table must agree with the ``dump`` events
+  (it is what ``load`` reads, and it is not covered by the chain).
+
+``experiments_frame`` and ``events_frame`` are the listings behind
+``weightslab experiments`` and ``weightslab events``: who did what, when,
+with which code. Nothing here imports torch or writes to the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import func, select, text
+
+from weightslab.errors import ConfigurationError, EventPayloadError, StoreError
+from weightslab.events.codec import canonical_json
+from weightslab.events.summary import summarize
+from weightslab.history.blobs import check_hash
+from weightslab.history.eventlog import ChainReport, EventRow
+from weightslab.history.schema import Checkpoint, Event, Experiment, Snapshot
+from weightslab.history.store import Store
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "AuditReport",
+    "StoreAuditReport",
+    "audit_experiment",
+    "audit_store",
+    "events_frame",
+    "experiments_frame",
+]
+
+MANIFEST_FORMAT = "weightslab.state/1"
+
+EVENT_COLUMNS = ["seq", "created_at", "kind", "summary", "actor", "code_version",
+                 "state_hash", "prev_hash", "hash", "payload"]
+
+
+# -- listings ------------------------------------------------------------------------
+
+def experiments_frame(store: Store) -> pd.DataFrame:
+    """One row per experiment: id, name, creation time, number of events and checkpoints.
+
+    Example:
+        >>> experiments_frame(Store.open("./store"))[["name", "events", "checkpoints"]]
+    """
+    ev = Event.__table__
+    ck = Checkpoint.__table__
+    ex = Experiment.__table__
+    n_events = select(func.count()).where(ev.c.experiment_id == ex.c.experiment_id).scalar_subquery()
+    last = select(func.max(ev.c.created_at)).where(ev.c.experiment_id == ex.c.experiment_id).scalar_subquery()
+    n_ckpt = select(func.count()).where(ck.c.experiment_id == ex.c.experiment_id).scalar_subquery()
+    q = select(ex.c.experiment_id, ex.c.name, ex.c.created_at, n_events.label("events"),
+               n_ckpt.label("checkpoints"), last.label("last_event_at")).order_by(ex.c.experiment_id)
+    with store.reading() as conn:
+        rows = conn.execute(q).all()
+    frame = pd.DataFrame([(*r[:2], _utc(r[2]), *r[3:5], _utc(r[5])) for r in rows],
+                         columns=["experiment_id", "name", "created_at", "events", "checkpoints", "last_event_at"])
+    return frame.astype({"experiment_id": "int64", "events": "int64", "checkpoints": "int64"})
+
+
+def _utc(ts: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (stored in UTC); make every time zone-aware UTC."""
+    if ts is None:
+        return None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def events_frame(store: Store, name: str, from_seq: int | None = None, to_seq: int | None = None) -> pd.DataFrame:
+    """The event log of experiment ``name``: seq, time, kind, one-line summary, who, code version.
+
+    Also the hashes and the payload (a dict per row), for machine-readable output.
+
+    Raises:
+        UnknownExperimentError: no such experiment (the message lists those that exist).
+        ConfigurationError: ``from_seq``/``to_seq`` outside the log (the message gives its range).
+
+    Example:
+        >>> events_frame(store, "x0", from_seq=3)[["seq", "kind", "summary"]]
+    """
+    exp = store.get_experiment(name)
+    last = store.last_seq(exp.experiment_id)
+    _check_seq_range(name, last, from_seq, to_seq)
+    rows = store.events(exp.experiment_id, from_seq or 1, to_seq)
+    return pd.DataFrame([_event_record(e) for e in rows], columns=EVENT_COLUMNS)
+
+
+def _event_record(e: EventRow) -> dict[str, Any]:
+    return {"seq": e.seq, "created_at": e.created_at, "kind": e.kind, "summary": summarize(e.kind, e.payload),
+            "actor": e.actor, "code_version": e.code_version, "state_hash": e.state_hash,
+            "prev_hash": e.prev_hash, "hash": e.hash, "payload": e.payload}
+
+
+def _check_seq_range(name: str, last: int, from_seq: int | None, to_seq: int | None) -> None:
+    span = f"events 1..{last}" if last else "no events"
+    for label, seq in (("from", from_seq), ("to", to_seq)):
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= last):
+            raise ConfigurationError(f"--{label} seq {seq!r} is not in experiment {name!r}, which has {span}")
+    if from_seq is not None and to_seq is not None and from_seq > to_seq:
+        raise ConfigurationError(f"--from seq {from_seq} is after --to seq {to_seq}; give from ≤ to")
+
+
+# -- audit -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AuditReport:
+    """The verdict on one experiment's history.
+
+    ``ok`` is true when the chain verifies and every blob the history names is
+    present and intact. Otherwise ``first_bad_seq`` is the first event that
+    fails the chain, ``bad_blob`` the first missing or damaged blob and
+    ``bad_blob_role`` what it was (e.g. ``checkpoint 1 (seq 7): tensor model/layer0.weight``).
+    """
+
+    experiment: str
+    events: int
+    checkpoints: int
+    blobs_checked: int
+    chain_ok: bool
+    first_bad_seq: int | None = None
+    bad_blob: str | None = None
+    bad_blob_role: str | None = None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render_text(self) -> str:
+        head = (f"experiment {self.experiment!r}: {self.events} events, {self.checkpoints} checkpoints, "
+                f"{self.blobs_checked} blobs checked")
+        if self.ok:
+            return f"OK  {head}: hash chain and blobs verified"
+        return "\n".join([f"BAD {head}", *(f"    {p}" for p in self.problems)])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"experiment": self.experiment, "ok": self.ok, "events": self.events,
+                "checkpoints": self.checkpoints, "blobs_checked": self.blobs_checked, "chain_ok": self.chain_ok,
+                "first_bad_seq": self.first_bad_seq, "bad_blob": self.bad_blob,
+                "bad_blob_role": self.bad_blob_role, "problems": list(self.problems)}
+
+
+@dataclass(frozen=True)
+class StoreAuditReport:
+    """The verdicts on every experiment of a store."""
+
+    store: str
+    reports: tuple[AuditReport, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+    def render_text(self) -> str:
+        lines = [r.render_text() for r in self.reports] or [f"no experiments in {self.store}"]
+        bad = [r.experiment for r in self.reports if not r.ok]
+        verdict = (f"store {self.store}: {len(self.reports)} experiment(s) verified" if not bad
+                   else f"store {self.store}: {len(bad)} of {len(self.reports)} experiment(s) fail the audit: "
+                        + ", ".join(repr(b) for b in bad))
+        return "\n".join([*lines, verdict])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "ok": self.ok, "experiments": [r.to_dict() for r in self.reports]}
+
+
+def audit_store(store: Store) -> StoreAuditReport:
+    """Audit every experiment of ``store`` (see :func:`audit_experiment`).
+
+    Example:
+        >>> audit_store(Store.open("./store")).ok
+        True
+    """
+    return StoreAuditReport(store.describe(), tuple(audit_experiment(store, e.name)
+                                                    for e in store.list_experiments()))
+
+
+def audit_experiment(store: Store, name: str) -> AuditReport:
+    """Verify experiment ``name``'s hash chain and every blob its history names.
+
+    Nothing is written. A damaged store gives a report with ``ok == False``
+    (naming the first bad seq and the first bad blob), not an exception.
+
+    Raises:
+        UnknownExperimentError: no such experiment (the message lists those that exist).
+
+    Example:
+        >>> report = audit_experiment(store, "x0")
+        >>> report.ok, report.first_bad_seq, report.bad_blob_role
+        (True, None, None)
+    """
+    exp = store.get_experiment(name)
+    problems: list[str] = []
+    try:
+        chain = store.verify_chain(exp.experiment_id)
+        events: list[EventRow] | None = store.events(exp.experiment_id)
+    except (ValueError, EventPayloadError) as e:  # a payload that is not JSON any more
+        seq = _first_undecodable_seq(store, exp.experiment_id)
+        chain = ChainReport(False, store.last_seq(exp.experiment_id), seq, f"its payload cannot be decoded ({e})")
+        events = None
+    if not chain.ok:
+        problems.append(f"hash chain broken at seq {chain.first_bad_seq}: {chain.reason}")
+    with store.reading() as conn:
+        ckpts = conn.execute(select(Checkpoint.__table__).where(Checkpoint.experiment_id == exp.experiment_id)
+                             .order_by(Checkpoint.checkpoint_id)).all()
+        snaps = conn.execute(select(Snapshot.__table__).where(Snapshot.experiment_id == exp.experiment_id)
+                             .order_by(Snapshot.snapshot_id)).all()
+    checker = _BlobChecker(store)
+    bad: tuple[str, str] | None = None
+    if events is None:
+        problems.append("blob checks skipped: the event log cannot be read")
+    else:
+        for role, digest, problem in _walk(events, ckpts, snaps, checker):
+            if problem:
+                problems.append(f"{role}: {problem}")
+                if digest is not None:
+                    bad = (digest, role)
+                    break
+    return AuditReport(
+        experiment=name, events=chain.events, checkpoints=len(ckpts), blobs_checked=len(checker.seen),
+        chain_ok=chain.ok, first_bad_seq=chain.first_bad_seq, bad_blob=bad[0] if bad else None,
+        bad_blob_role=bad[1] if bad else None, problems=tuple(problems),
+    )
+
+
+def _first_undecodable_seq(store: Store, experiment_id: int) -> int | None:
+    with store.reading() as conn:
+        rows = conn.execute(text("SELECT seq, payload FROM events WHERE experiment_id = :e ORDER BY seq"),
+                            {"e": experiment_id}).all()
+    for seq, payload in rows:
+        if isinstance(payload, str | bytes):
+            try:
+                if not isinstance(json.loads(payload), dict):
+                    return int(seq)
+            except ValueError:
+                return int(seq)
+    return None
+
+
+@dataclass
+class _BlobChecker:
+    """Reads each blob once (verifying its hash) and remembers the verdict."""
+
+    store: Store
+    seen: dict[str, str | None] = field(default_factory=dict)  # hash -> problem (None: intact)
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)  # hash -> its tensors, walked
+
+    def check(self, digest: Any) -> str | None:
+        """What is wrong with blob ``digest`` (None: present and intact)."""
+        if isinstance(digest, str) and digest in self.seen:
+            return self.seen[digest]
+        return self.read(digest)[0]
+
+    def read(self, digest: Any) -> tuple[str | None, bytes | None]:
+        try:
+            digest = check_hash(digest)
+            data = self.store.blobs.get(digest)
+        except StoreError as e:
+            if isinstance(digest, str):
+                self.seen[digest] = str(e)
+            return str(e), None
+        self.seen[digest] = None
+        return None, data
+
+
+_Finding = tuple[str, str | None, str | None]  # (what it is, blob hash or None, problem or None)
+
+
+def _walk(events: Sequence[EventRow], ckpts: Sequence[Any], snaps: Sequence[Any],
+          checker: _BlobChecker) -> Iterator[_Finding]:
+    """Every blob the history names, in log order, with what is wrong with it (if anything)."""
+    by_id = {c.checkpoint_id: c for c in ckpts}
+    dumped: set[Any] = set()
+    for e in events:
+        p = e.payload
+        if e.kind == "create" and p.get("initial"):
+            yield from _manifest(f"initial state (seq {e.seq})", p["initial"], None, checker)
+        elif e.kind == "dump":
+            cid = p.get("checkpoint_id")
+            role = f"checkpoint {cid} (seq {e.seq})"
+            dumped.add(cid)
+            row = by_id.get(cid)
+            if row is None:
+                yield role, None, "the dump event has no row in the checkpoints table"
+            elif row.manifest_hash != p.get("manifest") or row.event_seq != e.seq or row.parent_id != p.get(
+                    "parent_id"):
+                yield role, None, (f"the checkpoints table (manifest {str(row.manifest_hash)[:12]}, seq "
+                                   f"{row.event_seq}, parent {row.parent_id}) disagrees with the dump event "
+                                   f"(manifest {str(p.get('manifest'))[:12]}, seq {e.seq}, parent {p.get('parent_id')})")
+            yield from _manifest(role, p.get("manifest"), e.state_hash, checker)
+        elif e.kind in ("load", "resume") and p.get("manifest"):
+            yield from _manifest(f"state loaded at seq {e.seq}", p["manifest"], None, checker)
+        named = p.get("blobs")
+        for blob_name, digest in sorted(named.items() if isinstance(named, dict) else []):
+            role = f"seq {e.seq} ({e.kind}): blob {blob_name}"
+            yield role, str(digest), checker.check(digest)
+    for c in ckpts:
+        if c.checkpoint_id not in dumped:
+            yield (f"checkpoint {c.checkpoint_id}", None,
+                   f"the checkpoints table lists it at seq {c.event_seq}, but the log has no dump event for it")
+    for s in snaps:
+        role = f"snapshot {s.snapshot_id} ({s.table_name}, seq {s.event_seq})"
+        yield role, str(s.blob_hash), checker.check(s.blob_hash)
+
+
+def _manifest(role: str, digest: Any, state_hash: str | None, checker: _BlobChecker) -> Iterator[_Finding]:
+    """The manifest blob, then every tensor blob it names (each manifest is walked once)."""
+    where = f"{role}: manifest"
+    tensors = checker.manifests.get(digest) if isinstance(digest, str) else None
+    if tensors is None:
+        problem, data = checker.read(digest)
+        yield where, str(digest), problem
+        if data is None:
+            return
+        try:
+            manifest = json.loads(data.decode("utf-8"))
+            tensors = manifest["tensors"]
+            if manifest.get("format") != MANIFEST_FORMAT or not isinstance(tensors, dict):
+                raise ValueError(f"format {manifest.get('format')!r}")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            yield where, str(digest), f"not a {MANIFEST_FORMAT} manifest ({e})"
+            return
+        for tensor_name in sorted(tensors):
+            yield f"{role}: tensor {tensor_name}", str(tensors[tensor_name]), checker.check(tensors[tensor_name])
+        checker.manifests[digest] = tensors
+    if state_hash is not None and _state_hash(tensors) != state_hash:
+        yield where, str(digest), "its tensors do not hash to the state hash recorded with the event"
+
+
+def _state_hash(tensor_hashes: dict[str, str]) -> str:
+    """The state fingerprint of a manifest's tensors (as ``experiment.state.state_hash``, without torch)."""
+    return hashlib.sha256(canonical_json(dict(tensor_hashes)).encode()).hexdigest()
