@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -32,7 +33,9 @@ def check_criterion(criterion: Criterion, output: torch.Tensor, labels: torch.Te
             "sample: pass e.g. nn.CrossEntropyLoss(reduction='none')"
         )
     try:
-        losses = criterion(output, labels)
+        with warnings.catch_warnings(record=True) as caught:  # a broadcasting criterion warns: say why
+            warnings.simplefilter("always")
+            losses = criterion(output, labels)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         raise ConfigurationError(
             f"the criterion cannot use these labels with the model's output "
@@ -40,7 +43,10 @@ def check_criterion(criterion: Criterion, output: torch.Tensor, labels: torch.Te
         ) from e
     if not isinstance(losses, torch.Tensor) or losses.shape != (output.shape[0],):
         shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        hint = f" (it warned: {caught[0].message})" if caught else ""
         raise ConfigurationError(
-            f"the criterion must return one loss per sample, shape ({output.shape[0]},); got {shape}. "
+            f"the criterion must return one loss per sample, shape ({output.shape[0]},); got {shape}{hint}. "
             "Use reduction='none'."
         )
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -148,14 +148,19 @@ class Experiment:
         self.chkpt_manager = CheckpointManager(self)
         self._tb: TensorBoardLog | None = None
         self._tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else None
-        if _replica:  # a detached copy for replay tools: reads the store, never writes to it
-            row = self.store.get_experiment(name)
-            self._experiment_id = row.experiment_id
-            self._recorder = Recorder(self, row.experiment_id, self.store.last_seq(row.experiment_id), "",
-                                      detached=True)
-            self.resume_report = None
-            return
-        self._open_or_create(seed)
+        try:
+            if _replica:  # a detached copy for replay tools: reads the store, never writes to it
+                row = self.store.get_experiment(name)
+                self._experiment_id = row.experiment_id
+                self._recorder = Recorder(self, row.experiment_id, self.store.last_seq(row.experiment_id), "",
+                                          detached=True)
+                self.resume_report = None
+                return
+            self._open_or_create(seed)
+        except BaseException:
+            if not isinstance(store, Store):  # we opened it: do not leak its connections
+                self.store.close()
+            raise
         self.model.add_observer(self._on_model_op)
         self._train_ds.add_observer(self._on_train_data_op)
         self._eval_ds.add_observer(self._on_eval_data_op)
