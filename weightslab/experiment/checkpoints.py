@@ -22,7 +22,7 @@ from weightslab.experiment.state import group_hashes, state_hash
 from weightslab.history.blobs import check_hash
 from weightslab.history.lineage import Lineage, build_lineage
 from weightslab.history.schema import Checkpoint
-from weightslab.history.tensorcodec import decode_tensor, encode_tensor
+from weightslab.history.tensorcodec import decode_tensor, encode_tensor_parts
 
 if TYPE_CHECKING:
     from weightslab.experiment.experiment import Experiment
@@ -37,22 +37,34 @@ def write_state(exp: Experiment, conn: Connection) -> tuple[str, str, dict[str, 
     tensors, meta = capture(exp)
     names = sorted(tensors)
     store = exp.store
-    encoded = [encode_tensor(tensors[n]) for n in names]
+    encoded = [encode_tensor_parts(tensors[n]) for n in names]
     hashes = dict(zip(names, store.blobs.put_many(conn, encoded)))
     manifest = canonical_json({"format": MANIFEST_FORMAT, "tensors": hashes, "meta": meta}).encode()
     (manifest_hash,) = store.blobs.put_many(conn, [manifest])
-    return manifest_hash, state_hash(hashes), group_hashes(hashes), sum(len(b) for b in encoded)
+    return manifest_hash, state_hash(hashes), group_hashes(hashes), sum(len(h) + len(d) for h, d in encoded)
 
 
-def read_manifest(exp: Experiment, manifest_hash: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load and verify a manifest and every tensor it names (no pickle anywhere)."""
+def manifest_fingerprint(exp: Experiment, manifest_hash: str) -> tuple[str, dict[str, str]]:
+    """The state hash (and per-group hashes) of the state a manifest describes, without its tensors."""
+    manifest = _manifest(exp, manifest_hash)
+    return state_hash(manifest["tensors"]), group_hashes(manifest["tensors"])
+
+
+def _manifest(exp: Experiment, manifest_hash: str) -> dict[str, Any]:
     raw = exp.store.blobs.get(check_hash(manifest_hash))
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IntegrityError(f"manifest {manifest_hash} is not JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise IntegrityError(f"manifest {manifest_hash} has an unknown format {manifest.get('format')!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
+            or not isinstance(manifest.get("tensors"), dict) or not isinstance(manifest.get("meta"), dict):
+        raise IntegrityError(f"blob {manifest_hash} is not a WeightsLab state manifest ({MANIFEST_FORMAT})")
+    return manifest
+
+
+def read_manifest(exp: Experiment, manifest_hash: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load and verify a manifest and every tensor it names (no pickle anywhere)."""
+    manifest = _manifest(exp, manifest_hash)
     tensors = {name: decode_tensor(exp.store.blobs.get(check_hash(h)))
                for name, h in manifest["tensors"].items()}
     return tensors, manifest["meta"]
@@ -125,8 +137,9 @@ class CheckpointManager:
         tensors, meta = read_manifest(exp, manifest_hash)  # verify everything before changing anything
         exp._restore(tensors, meta)
         self.head = checkpoint_id
+        # the restored state is exactly the manifest's: its fingerprint needs no second pass over the tensors
         exp._recorder.append("load", {"checkpoint_id": checkpoint_id, "manifest": manifest_hash},
-                             flush_all=True)
+                             flush_all=True, fingerprint=manifest_fingerprint(exp, manifest_hash))
 
     def lineage(self) -> Lineage:
         return build_lineage(self._exp.name, self._exp.store.events(self._exp._experiment_id))

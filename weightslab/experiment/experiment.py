@@ -55,6 +55,19 @@ def _code_version() -> str:
     return f"weightslab {__version__}" + (f" git {rev}" if rev else "")
 
 
+def _check_device(device: Any) -> torch.device:
+    """``device`` as a torch.device that exists on this machine, else ConfigurationError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ConfigurationError(f"device {device!r} is not a device: use e.g. device='cpu' or 'cuda' ({e})") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(f"device {device!r} is not available on this machine (no CUDA); use device='cpu'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigurationError(f"device {device!r} is not available on this machine; use device='cpu'")
+    return dev
+
+
 class Experiment:
     """A recorded, editable training run (the tutorial's ``Experiment``).
 
@@ -115,7 +128,7 @@ class Experiment:
         self._check_arguments(model, optimizer_class, train_dataset, eval_dataset, name, recipe)
         self.name = name
         self.recipe = recipe
-        self.device = torch.device(device)
+        self.device = _check_device(device)
         self.criterion: Criterion = criterion or default_criterion
         self.model = model.to(self.device)
         try:
@@ -193,15 +206,22 @@ class Experiment:
             raise ConfigurationError(f"recipe must look like 'package.module:function', got {recipe!r}")
 
     def _probe_criterion(self) -> None:
-        """Run one small eval batch through model and criterion before anything is recorded."""
-        x, y, _ = next(iter(DataLoader(self._eval_ds, batch_size=min(2, len(self._eval_ds)))))
+        """Run two samples of each split through model and criterion before anything is recorded.
+
+        The samples are read by index and collated here: a DataLoader iterator would draw its seed
+        from torch's global generator, so a refused constructor would change the caller's RNG.
+        """
+        from torch.utils.data import default_collate
+
         was_training, mode = self.model.training, self.model.tracking_mode
         self.model.eval()
         self.model.tracking_mode = TrackingMode.DISABLED
         try:
-            with torch.no_grad():
-                out = self.model(x.to(self.device))
-            check_criterion(self.criterion, out, y.to(self.device))
+            for ds in (self._train_ds, self._eval_ds):
+                x, y, _ = default_collate([ds[i] for i in range(min(2, len(ds)))])
+                with torch.no_grad():
+                    out = self.model(x.to(self.device))
+                check_criterion(self.criterion, out, y.to(self.device))
         finally:
             self.model.train(was_training)
             self.model.tracking_mode = mode
@@ -599,7 +619,7 @@ class Experiment:
         """
         self._recorder.wait()
         bound = {"experiment_id": self._experiment_id, **dict(params or {})}
-        if ":experiment_id" not in query:
+        if not isinstance(query, str) or ":experiment_id" not in query:  # the store refuses a non-string
             bound.pop("experiment_id")
         return self.store.query(query, bound)
 

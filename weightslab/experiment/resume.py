@@ -40,7 +40,14 @@ class ResumeReport:
 
 
 def check_same_data(exp: Experiment, recorded: dict[str, Any]) -> None:
-    """Refuse datasets that differ from the ones the experiment was recorded with."""
+    """Refuse datasets (and an optimizer class) that differ from the ones the experiment was recorded with."""
+    want_opt = recorded.get("optimizer_class")
+    have_opt = f"{type(exp.optimizer).__module__}.{type(exp.optimizer).__name__}"
+    if want_opt is not None and want_opt != have_opt:
+        raise ConfigurationError(
+            f"experiment {exp.name!r} was recorded with optimizer {want_opt}, not {have_opt}; reopen it with "
+            f"optimizer_class={want_opt.rpartition('.')[2]}, or use a new name"
+        )
     for split, ds in (("train", exp._train_ds), ("eval", exp._eval_ds)):
         want = recorded.get(f"{split}_fingerprint")
         have = ds.fingerprint()

@@ -33,9 +33,24 @@ __all__ = ["BlobStore", "blob_hash", "check_hash"]
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-def blob_hash(data: bytes | memoryview) -> str:
-    """SHA-256 hex digest: the name of ``data`` in the store."""
-    return hashlib.sha256(data).hexdigest()
+# A blob's bytes, whole or as consecutive parts (a header and a tensor's memory: no concatenation copy).
+BlobData = bytes | bytearray | memoryview | tuple[bytes | bytearray | memoryview, ...]
+
+
+def _parts(data: BlobData) -> tuple[bytes | bytearray | memoryview, ...]:
+    return data if isinstance(data, tuple) else (data,)
+
+
+def _size(data: BlobData) -> int:
+    return sum(memoryview(p).nbytes for p in _parts(data))
+
+
+def blob_hash(data: BlobData) -> str:
+    """SHA-256 hex digest: the name of ``data`` (its parts concatenated) in the store."""
+    h = hashlib.sha256()
+    for part in _parts(data):
+        h.update(part)
+    return h.hexdigest()
 
 
 def check_hash(value: object) -> str:
@@ -65,13 +80,13 @@ class BlobStore:
         check_hash(digest)
         return self._dir / digest[:2] / digest
 
-    def put_many(self, conn: Connection, datas: Iterable[bytes]) -> list[str]:
+    def put_many(self, conn: Connection, datas: Iterable[BlobData]) -> list[str]:
         """Store blobs within the caller's transaction; returns their hashes in order.
 
         Bytes already in the store are not written again.
         """
         hashes: list[str] = []
-        new: dict[str, bytes] = {}
+        new: dict[str, BlobData] = {}
         for data in datas:
             digest = blob_hash(data)
             hashes.append(digest)
@@ -82,15 +97,14 @@ class BlobStore:
         now = datetime.now(UTC)
         todo = {h: d for h, d in new.items() if h not in known}
         if self._dir is not None:
-            for digest, data in todo.items():
-                self._write_file(digest, data)
-        insert_ignore(conn, Blob, [{"hash": h, "size": len(d), "created_at": now} for h, d in todo.items()])
-        self.bytes_written += sum(len(d) for d in todo.values())
+            self._write_files(todo)
+        insert_ignore(conn, Blob, [{"hash": h, "size": _size(d), "created_at": now} for h, d in todo.items()])
+        self.bytes_written += sum(_size(d) for d in todo.values())
         if self._dir is None:
-            insert_ignore(conn, BlobContent, [{"hash": h, "data": d} for h, d in todo.items()])
+            insert_ignore(conn, BlobContent, [{"hash": h, "data": b"".join(_parts(d))} for h, d in todo.items()])
         return hashes
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: BlobData) -> str:
         """Store one blob in its own transaction; returns its hash."""
         with self._engine.begin() as conn:
             return self.put_many(conn, [data])[0]
@@ -100,7 +114,7 @@ class BlobStore:
         with self._engine.connect() as conn:
             return conn.scalar(select(Blob.size).where(Blob.hash == digest)) is not None
 
-    def get(self, digest: str, conn: Connection | None = None) -> bytes:
+    def get(self, digest: str, conn: Connection | None = None) -> bytes | bytearray:
         """Read a blob and verify its bytes against its name.
 
         Raises:
@@ -108,11 +122,14 @@ class BlobStore:
             IntegrityError: the bytes do not hash to the name (the store is damaged).
         """
         check_hash(digest)
+        data: bytes | bytearray
         if self._dir is not None:
             path = self.path_of(digest)
             assert path is not None
             try:
-                data = path.read_bytes()
+                with open(path, "rb") as f:  # into a writable buffer: tensors decode without a copy
+                    data = bytearray(os.fstat(f.fileno()).st_size)
+                    f.readinto(data)
             except FileNotFoundError as e:
                 raise BlobNotFoundError(
                     f"blob {digest} is missing from {self._dir}; the store is incomplete "
@@ -123,12 +140,12 @@ class BlobStore:
         else:
             if conn is None:
                 with self._engine.connect() as c:
-                    data = c.scalar(select(BlobContent.data).where(BlobContent.hash == digest))
+                    raw = c.scalar(select(BlobContent.data).where(BlobContent.hash == digest))
             else:
-                data = conn.scalar(select(BlobContent.data).where(BlobContent.hash == digest))
-            if data is None:
+                raw = conn.scalar(select(BlobContent.data).where(BlobContent.hash == digest))
+            if raw is None:
                 raise BlobNotFoundError(f"blob {digest} is missing from the database store")
-            data = bytes(data)
+            data = bytes(raw)
         actual = blob_hash(data)
         if actual != digest:
             raise IntegrityError(
@@ -137,25 +154,45 @@ class BlobStore:
             )
         return data
 
-    def _write_file(self, digest: str, data: bytes) -> None:
-        path = self.path_of(digest)
-        assert path is not None and self._dir is not None
-        if path.exists() and path.stat().st_size == len(data):
-            return
+    def _write_files(self, blobs: dict[str, BlobData]) -> None:
+        """Write blobs atomically: all to temporary files, fsync them, then rename into place.
+
+        Syncing after all writes (not one by one) lets the disk coalesce the flushes;
+        a crash at any point leaves only complete files under final names.
+        """
+        assert self._dir is not None
         tmp_dir = self._dir / "tmp"
+        staged: list[tuple[Path, Path]] = []
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp_dir.mkdir(parents=True, exist_ok=True)
-            tmp = tmp_dir / f"{digest}.{uuid.uuid4().hex}.part"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            for digest, data in blobs.items():
+                path = self.path_of(digest)
+                assert path is not None
+                if path.exists() and path.stat().st_size == _size(data):
+                    continue
+                tmp = tmp_dir / f"{digest}.{uuid.uuid4().hex}.part"
+                with open(tmp, "wb") as f:
+                    for part in _parts(data):
+                        f.write(part)
+                staged.append((tmp, path))
+            for tmp, _ in staged:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            parents = set()
+            for tmp, path in staged:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+                parents.add(path.parent)
+            for parent in parents:
+                fd = os.open(parent, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         except OSError as e:
-            raise StoreError(f"cannot write blob {digest} under {self._dir}: {e}") from e
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write blobs under {self._dir}: {e}") from e

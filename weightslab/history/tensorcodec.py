@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["decode_tensor", "encode_array", "encode_tensor", "decode_array"]
+__all__ = ["decode_array", "decode_tensor", "encode_array", "encode_tensor", "encode_tensor_parts"]
 
 MAGIC = b"WLT1"
 _MAX_HEADER = 4096
@@ -40,6 +40,11 @@ def encode_tensor(tensor: torch.Tensor) -> bytes:
         >>> decode_tensor(encode_tensor(torch.arange(3))).tolist()
         [0, 1, 2]
     """
+    return b"".join(encode_tensor_parts(tensor))
+
+
+def encode_tensor_parts(tensor: torch.Tensor) -> tuple[bytes, memoryview]:
+    """``WLT1`` bytes as (header, data view): the blob store writes and hashes them without a copy."""
     import torch
 
     t = tensor.detach()
@@ -50,12 +55,12 @@ def encode_tensor(tensor: torch.Tensor) -> bytes:
         raise TypeError(f"dtype {t.dtype} cannot be stored; supported: {', '.join(_DTYPES)}")
     t = t.to("cpu").contiguous()
     header = json.dumps({"dtype": dtype, "shape": list(t.shape)}, separators=(",", ":"), sort_keys=True)
-    data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    data = memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
     hb = header.encode("ascii")
-    return MAGIC + struct.pack("<I", len(hb)) + hb + data
+    return MAGIC + struct.pack("<I", len(hb)) + hb, data
 
 
-def _parse(blob: bytes | memoryview) -> tuple[str, list[int], memoryview]:
+def _parse(blob: bytes | bytearray | memoryview) -> tuple[str, list[int], memoryview]:
     mv = memoryview(blob)
     if len(mv) < 8 or bytes(mv[:4]) != MAGIC:
         raise IntegrityError("blob is not a WeightsLab tensor (bad magic); the store may be damaged")
@@ -76,7 +81,7 @@ def _parse(blob: bytes | memoryview) -> tuple[str, list[int], memoryview]:
     return dtype, shape, mv[8 + n :]
 
 
-def decode_tensor(blob: bytes | memoryview) -> torch.Tensor:
+def decode_tensor(blob: bytes | bytearray | memoryview) -> torch.Tensor:
     """Parse ``WLT1`` bytes into a new CPU tensor (no pickle, no code execution).
 
     Raises:
@@ -98,7 +103,9 @@ def decode_tensor(blob: bytes | memoryview) -> torch.Tensor:
         )
     if numel == 0:
         return torch.empty(shape, dtype=dtype)
-    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    writable = isinstance(blob, bytearray) or (isinstance(blob, memoryview) and not blob.readonly)
+    buffer = data if writable else bytearray(data)  # a writable buffer is shared, not copied
+    raw = torch.frombuffer(buffer, dtype=torch.uint8)
     return raw.view(dtype).reshape(shape)
 
 

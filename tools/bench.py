@@ -1,0 +1,374 @@
+"""The benchmark suite: every scenario side by side with its baseline, in one run.
+
+Each scenario alternates baseline and WeightsLab runs over several repetitions
+on the same machine and reports medians and their ratio (these machines are
+shared and noisy: only ratios measured side by side mean anything). Targets
+from SPEC §5 and issue #8. Prints a table and writes JSON.
+
+    python tools/bench.py [--quick] [--only NAME ...] [--json bench.json]
+
+Scenarios:
+  train_tutorial   tutorial model, batch 256, 60k synthetic 28×28: plain loop vs Experiment  (≤ 1.10)
+  train_resnet18   converted torchvision ResNet-18, batch 64, 32×32: plain loop vs Experiment (≤ 1.05)
+  dump_load        exp.dump()+exp.load() vs torch.save/torch.load of model+optimizer state  (≤ 1.5)
+  dump_dedup       bytes written by a dump right after a one-layer edit vs the first dump
+  stats_upsert     sample_stats upserts at 10^4, 10^5, 10^6 rows (SQLite, PostgreSQL): linear?
+  top100           top-100-by-loss query over 10^6 rows on SQLite                           (< 100 ms)
+  replay           replay throughput vs the original training throughput                   (≥ 0.9)
+  ledger_memory    ledger bytes per sample at 10^6 samples                                  (≤ 64)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import optim
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_experiment import PlainMNISTModel, synthetic  # noqa: E402
+
+from weightslab import Experiment, convert_to_ops  # noqa: E402
+from weightslab.demo import MNISTModel  # noqa: E402
+
+RESULTS: list[dict[str, Any]] = []
+
+
+def record(name: str, baseline: float | None, subject: float, unit: str, target: str, ok: bool | None,
+           note: str = "") -> None:
+    ratio = subject / baseline if baseline else None
+    RESULTS.append({"scenario": name, "baseline": baseline, "weightslab": subject, "ratio": ratio, "unit": unit,
+                    "target": target, "met": ok, "note": note})
+    r = f"{ratio:.3f}" if ratio is not None else "-"
+    b = f"{baseline:.4g}" if baseline is not None else "-"
+    print(f"  {name:<34}{b:>11}{subject:>12.4g} {unit:<6}{r:>8}  {target:<10}{'' if ok is None else ('met' if ok else 'MISSED')}"
+          f"  {note}", flush=True)
+
+
+def alternate(reps: int, base: Callable[[], float], subject: Callable[[], float]) -> tuple[float, float]:
+    b, s = [], []
+    for _ in range(reps):
+        b.append(base())
+        s.append(subject())
+    return statistics.median(b), statistics.median(s)
+
+
+# -- training overhead -------------------------------------------------------------------------------
+
+def _plain_loop(model: torch.nn.Module, ds: TensorDataset, batch: int, steps: int) -> float:
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0))
+    model.train()
+    t = time.perf_counter()
+    done = 0
+    while done < steps:
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            F.nll_loss(F.log_softmax(model(x), dim=1) if not _logsoftmax(model) else model(x), y).backward()
+            opt.step()
+            done += 1
+            if done == steps:
+                break
+    return time.perf_counter() - t
+
+
+def _logsoftmax(model: torch.nn.Module) -> bool:
+    return isinstance(model, PlainMNISTModel)
+
+
+def _experiment_loop(make_model: Callable[[], Any], ds: TensorDataset, eval_ds: TensorDataset, batch: int,
+                     steps: int, per_call: int, store: str) -> float:
+    exp = Experiment(model=make_model(), optimizer_class=optim.Adam, train_dataset=ds, eval_dataset=eval_ds,
+                     learning_rate=1e-3, batch_size=batch, name=f"b-{uuid.uuid4().hex[:8]}", store=store,
+                     progress=False, criterion=_criterion_for(make_model))
+    t = time.perf_counter()
+    done = 0
+    while done < steps:
+        k = min(per_call, steps - done)
+        exp.train_n_steps(k)
+        done += k
+    elapsed = time.perf_counter() - t
+    exp.close()
+    exp.store.close()
+    return elapsed
+
+
+def _criterion_for(make_model: Callable[[], Any]) -> Any:
+    if make_model is MNISTModel:
+        return None  # the tutorial model outputs log-probabilities: the default NLL fits
+    return torch.nn.CrossEntropyLoss(reduction="none")
+
+
+def scenario_train_tutorial(args: argparse.Namespace) -> None:
+    n = 12_000 if args.quick else 60_000
+    ds, ev = synthetic(n), synthetic(1000, seed=1)
+    steps = (n + 255) // 256
+    with tempfile.TemporaryDirectory() as store:
+        _plain_loop(PlainMNISTModel(), ds, 256, steps)  # warm-up
+        _experiment_loop(MNISTModel, ds, ev, 256, steps, steps, store)
+        base, subj = alternate(args.reps, lambda: _plain_loop(PlainMNISTModel(), ds, 256, steps),
+                               lambda: _experiment_loop(MNISTModel, ds, ev, 256, steps, steps, store))
+    record("train tutorial (1 epoch, 1 call)", base, subj, "s", "≤ 1.10", subj / base <= 1.10,
+           f"{n} samples, batch 256")
+    with tempfile.TemporaryDirectory() as store:
+        base, subj = alternate(args.reps, lambda: _plain_loop(PlainMNISTModel(), ds, 256, steps),
+                               lambda: _experiment_loop(MNISTModel, ds, ev, 256, steps, 25, store))
+    record("train tutorial (25 steps a call)", base, subj, "s", "≤ 1.10", subj / base <= 1.10,
+           f"{(steps + 24) // 25} events an epoch")
+
+
+def _resnet() -> torch.nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10)
+
+
+def _resnet_ops() -> Any:
+    return convert_to_ops(_resnet())
+
+
+def scenario_train_resnet18(args: argparse.Namespace) -> None:
+    n_steps = 10 if args.quick else 30
+    ds, ev = TensorDataset(torch.randn(64 * n_steps, 3, 32, 32), torch.randint(0, 10, (64 * n_steps,))), \
+        TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
+
+    def plain() -> float:
+        model = _resnet()
+        opt = optim.Adam(model.parameters(), lr=1e-3)
+        loader = DataLoader(ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+        model.train()
+        t = time.perf_counter()
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return time.perf_counter() - t
+
+    with tempfile.TemporaryDirectory() as store:
+        plain()
+        base, subj = alternate(max(2, args.reps // 2), plain,
+                               lambda: _experiment_loop(_resnet_ops, ds, ev, 64, n_steps, n_steps, store))
+    record("train resnet18 (1 call)", base, subj, "s", "≤ 1.05", subj / base <= 1.05,
+           f"{n_steps} steps, batch 64, 32×32")
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+def scenario_dump_load(args: argparse.Namespace) -> None:
+    for label, make_model, shape in (("tutorial", MNISTModel, (1, 28, 28)), ("resnet18", _resnet_ops, (3, 32, 32))):
+        _dump_load(args, label, make_model, shape)
+
+
+def _dump_load(args: argparse.Namespace, label: str, make_model: Callable[[], Any], shape: tuple[int, ...]) -> None:
+    ds = TensorDataset(torch.randn(256, *shape), torch.randint(0, 10, (256,)))
+    with tempfile.TemporaryDirectory() as store:
+        exp = Experiment(model=make_model(), optimizer_class=optim.Adam, train_dataset=ds, eval_dataset=ds,
+                         learning_rate=1e-3, batch_size=64, name=label, store=store, progress=False,
+                         criterion=_criterion_for(make_model))
+        exp.train_n_steps(2)
+
+        def torch_roundtrip() -> float:
+            t = time.perf_counter()
+            path = Path(store) / "torch.pt"
+            torch.save({"model": exp.model.state_dict(), "optimizer": exp.optimizer.state_dict()}, path)
+            state = torch.load(path, weights_only=True)
+            exp.model.load_state_dict(state["model"])
+            exp.optimizer.load_state_dict(state["optimizer"])
+            return time.perf_counter() - t
+
+        def ours() -> float:
+            exp.model.layers[0].set_per_neuron_learning_rate({0}, lr=float(np.random.rand()))  # a new state
+            t = time.perf_counter()
+            cid = exp.dump()
+            exp.load(checkpoint_id=cid)
+            return time.perf_counter() - t
+
+        base, subj = alternate(args.reps, torch_roundtrip, ours)
+        record(f"dump+load {label}", base, subj, "s", "≤ 1.5", subj / base <= 1.5,
+               "full state (ledger, RNG, snapshots) vs model+optimizer")
+        if label == "resnet18":
+            first = exp.chkpt_manager.last_dump_bytes
+            exp.model.layers[5].set_per_neuron_learning_rate({1}, lr=0.5)
+            exp.dump()
+            second = exp.chkpt_manager.last_dump_bytes
+            total = sum(t.numel() * t.element_size() for t in exp.model.state_dict().values())
+            record("second dump after 1-layer edit", float(total), float(second), "bytes", "changed only",
+                   second < total / 100, f"model state {total:,} B; first dump wrote {first:,} B")
+        exp.close()
+        exp.store.close()
+
+
+# -- statistics tables ------------------------------------------------------------------------------
+
+def _pg_store() -> tuple[Any, Callable[[], None]] | None:
+    try:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        from weightslab.history.store import Store
+
+        base = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        u = make_url(base)
+        info = dict(host=u.host, port=u.port, user=u.username, dbname=u.database, connect_timeout=3)
+        schema = f"wl_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(**info, autocommit=True) as c:
+            c.execute(f'CREATE SCHEMA "{schema}"')
+        store = Store.open(f"{base}?options=-csearch_path%3D{schema}")
+
+        def drop() -> None:
+            store.close()
+            with psycopg.connect(**info, autocommit=True) as c:
+                c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        return store, drop
+    except Exception as e:  # noqa: BLE001 - no server: skip that backend
+        print(f"  (PostgreSQL not available: {e})")
+        return None
+
+
+def scenario_stats_upsert(args: argparse.Namespace) -> None:
+    from bench_store import columns
+
+    from weightslab.history.stats import upsert_sample_stats
+    from weightslab.history.store import Store
+
+    sizes = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    backends: list[tuple[str, Any, Callable[[], None]]] = []
+    tmp = tempfile.TemporaryDirectory()
+    s = Store.open(tmp.name)
+    backends.append(("sqlite", s, s.close))
+    pg = _pg_store()
+    if pg:
+        backends.append(("postgresql", *pg))
+    for name, store, close in backends:
+        per_row = []
+        for n in sizes:
+            exp = store.create_experiment(f"up-{n}-{uuid.uuid4().hex[:6]}").experiment_id
+            with store.transaction() as conn:
+                upsert_sample_stats(conn, exp, "train", columns(n, 0))
+            cols = columns(n, 1)
+            t = time.perf_counter()
+            with store.transaction() as conn:
+                upsert_sample_stats(conn, exp, "train", cols)
+            dt = time.perf_counter() - t
+            per_row.append(dt / n)
+            record(f"upsert {n:,} rows ({name})", None, n / dt, "rows/s", "linear", None,
+                   f"{dt * 1e6 / n:.2f} µs/row")
+        growth = per_row[-1] / per_row[0]
+        record(f"upsert cost/row 10^6 vs 10^4 ({name})", per_row[0], per_row[-1], "s/row", "≈ 1 (linear)",
+               growth < 2.0)
+        if name == "sqlite":
+            q = []
+            for _ in range(5):
+                t = time.perf_counter()
+                store.query("SELECT sample_id, prediction_loss FROM sample_stats WHERE experiment_id = :e AND "
+                            "split = 'train' ORDER BY prediction_loss DESC LIMIT 100", {"e": exp})
+                q.append((time.perf_counter() - t) * 1000)
+            ms = statistics.median(q)
+            record(f"top-100 by loss over {sizes[-1]:,} rows", None, ms, "ms", "< 100 ms", ms < 100)
+        close()
+    tmp.cleanup()
+
+
+# -- replay -----------------------------------------------------------------------------------------
+
+def scenario_replay(args: argparse.Namespace) -> None:
+    from weightslab.experiment.replay import replay_to, replica
+
+    n = 12_000 if args.quick else 30_000
+    ds, ev = synthetic(n), synthetic(1000, seed=1)
+    steps = (n + 255) // 256
+    with tempfile.TemporaryDirectory() as store:
+        train_times, replay_times = [], []
+        for r in range(max(2, args.reps // 2)):
+            torch.manual_seed(r)
+            exp = Experiment(model=MNISTModel(), optimizer_class=optim.Adam, train_dataset=ds, eval_dataset=ev,
+                             learning_rate=1e-3, batch_size=256, name=f"replay-{r}", store=store, progress=False)
+            t = time.perf_counter()
+            for _ in range(4):
+                exp.train_n_steps(steps // 4)
+            train_times.append(time.perf_counter() - t)
+            exp.close()
+            rep = replica(exp.store, f"replay-{r}", model=MNISTModel(), train_dataset=ds, eval_dataset=ev)
+            t = time.perf_counter()
+            outcome = replay_to(rep, from_start=True)
+            replay_times.append(time.perf_counter() - t)
+            assert outcome.ok, outcome
+            exp.store.close()
+    tr, rp = statistics.median(train_times), statistics.median(replay_times)
+    record("replay throughput / training", tr, rp, "s", "≥ 0.9", tr / rp >= 0.9,
+           f"throughput ratio {tr / rp:.3f} (4 train events, verified)")
+
+
+# -- ledger memory ----------------------------------------------------------------------------------
+
+def scenario_ledger_memory(args: argparse.Namespace) -> None:
+    import tracemalloc
+
+    from weightslab.ledger import LedgeredDataset
+
+    n = 1_000_000
+
+    class Sized(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return n
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            return torch.zeros(1), 0
+
+    tracemalloc.start()
+    ds = LedgeredDataset(Sized(), "train")
+    ids = torch.arange(n)
+    for chunk in ids.split(65_536):
+        ds.update_batch(chunk, torch.rand(len(chunk)), torch.zeros(len(chunk), dtype=torch.long),
+                        torch.zeros(len(chunk), dtype=torch.long), 0)
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    record("ledger bytes/sample at 10^6", None, current / n, "B", "≤ 64", current / n <= 64,
+           f"peak {peak / n:.1f} B/sample (one pass of history held)")
+
+
+SCENARIOS = {
+    "train_tutorial": scenario_train_tutorial,
+    "train_resnet18": scenario_train_resnet18,
+    "dump_load": scenario_dump_load,
+    "stats_upsert": scenario_stats_upsert,
+    "replay": scenario_replay,
+    "ledger_memory": scenario_ledger_memory,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repetitions (a smoke run)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per side (default 5, quick 2)")
+    ap.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), help="run only these scenarios")
+    ap.add_argument("--json", default="bench.json", help="where to write the results (default bench.json)")
+    args = ap.parse_args()
+    args.reps = args.reps or (2 if args.quick else 5)
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, " \
+              f"torch {torch.__version__}, python {platform.python_version()}"
+    print(f"WeightsLab benchmarks on {machine}")
+    print(f"  {'scenario':<34}{'baseline':>11}{'weightslab':>12} {'unit':<6}{'ratio':>8}  {'target':<10}")
+    for name in args.only or SCENARIOS:
+        SCENARIOS[name](args)
+    with open(args.json, "w") as f:
+        json.dump({"machine": machine, "results": RESULTS}, f, indent=2)
+    print(f"results written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
