@@ -162,8 +162,6 @@ def snapshot_frames(exp: Experiment) -> dict[str, Any]:
         df.insert(0, "split", split)
         parts.append(df)
     frames["sample_stats"] = pd.concat(parts, ignore_index=True)
-    frames["neuron_stats"] = pd.DataFrame(
-        exp._neuron_rows(), columns=["layer_index", "neuron_index", "split", "layer_name", "trigger_count",
-                                     "seen_samples"])
+    frames["neuron_stats"] = exp._neuron_frame()
     return frames
 

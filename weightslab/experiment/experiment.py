@@ -296,16 +296,23 @@ class Experiment:
     def _widths(self) -> list[int]:
         return [int(layer.neuron_count) for layer in self.model.layers]
 
-    def _neuron_rows(self) -> list[tuple[int, int, str, str, int, int]]:
+    def _neuron_counters(self) -> list[tuple[int, str, str, np.ndarray, np.ndarray]]:
+        """(layer index, layer name, split, trigger counts, seen counts) per layer and split."""
         names = {id(m): n for n, m in self.model.named_modules()}
-        rows = []
+        out = []
         for li, layer in enumerate(self.model.layers):
             lname = names.get(id(layer), f"layer{li}")
             for split in ("train", "eval"):
-                trig = getattr(layer, f"{split}_trigger_count").tolist()
-                seen = getattr(layer, f"{split}_seen_count").tolist()
-                rows.extend((li, ni, split, lname, t, s) for ni, (t, s) in enumerate(zip(trig, seen)))
-        return rows
+                out.append((li, lname, split, getattr(layer, f"{split}_trigger_count").cpu().numpy(),
+                            getattr(layer, f"{split}_seen_count").cpu().numpy()))
+        return out
+
+    def _neuron_frame(self) -> pd.DataFrame:
+        """All neuron counters as the rows of ``neuron_stats`` (for snapshots)."""
+        parts = [pd.DataFrame({"layer_index": li, "neuron_index": np.arange(len(trig)), "split": split,
+                               "layer_name": lname, "trigger_count": trig, "seen_samples": seen})
+                 for li, lname, split, trig, seen in self._neuron_counters()]
+        return pd.concat(parts, ignore_index=True)
 
     def _progress(self, iterable: range, desc: str) -> Any:
         show = self.config.progress if self.config.progress is not None else sys.stderr.isatty()

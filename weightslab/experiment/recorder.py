@@ -54,6 +54,8 @@ class Recorder:
         self.muted = 0  # > 0 while replaying or restoring: operations are not recorded again
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
+        # neuron counters as last written to SQL, per (layer, split): only changes are written again
+        self._neurons_written: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
 
     # -- the background statistics writer ----------------------------------------------
     def wait(self) -> None:
@@ -135,10 +137,11 @@ class Recorder:
                 self.experiment_id, kind, body, expected_last_seq=self.last_seq, conn=conn,
                 state_hash=digest, code_version=self.code_version,
             )
-            self._flush_neurons(conn)
+            written = self._flush_neurons(conn)
             if in_transaction is not None:
                 in_transaction(conn, row.seq)
         self.last_seq = row.seq
+        self._neurons_written = written  # only once the transaction committed
         self._submit(self._sample_jobs(everything=flush_all))
         exp._after_event(row, summarize(kind, body))
         return row
@@ -169,7 +172,21 @@ class Recorder:
             }))
         return jobs
 
-    def _flush_neurons(self, conn: Connection) -> None:
-        rows = self._exp._neuron_rows()
-        conn.execute(delete(NeuronStat).where(NeuronStat.experiment_id == self.experiment_id))
+    def _flush_neurons(self, conn: Connection) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
+        """Write the neuron rows that changed since the last write; returns the new written state."""
+        written = dict(self._neurons_written)
+        rows: list[tuple[int, int, str, str, int, int]] = []
+        for li, lname, split, trig, seen in self._exp._neuron_counters():
+            prev = written.get((li, split))
+            if prev is not None and len(prev[0]) == len(trig):
+                changed = np.flatnonzero((prev[0] != trig) | (prev[1] != seen))
+            else:  # first write, or the layer's width changed: rewrite the layer
+                conn.execute(delete(NeuronStat).where(
+                    NeuronStat.experiment_id == self.experiment_id, NeuronStat.layer_index == li,
+                    NeuronStat.split == split))
+                changed = np.arange(len(trig))
+            rows.extend(zip([li] * len(changed), changed.tolist(), [split] * len(changed), [lname] * len(changed),
+                            trig[changed].tolist(), seen[changed].tolist()))
+            written[(li, split)] = (trig.copy(), seen.copy())
         upsert_neuron_stats(conn, self.experiment_id, rows)
+        return written
