@@ -50,7 +50,10 @@ def format_layer_stats(index: int, name: str, layer: NeuronLayer) -> list[str]:
     eval_t, eval_s = counts["eval"]
     use_train = any(train_s)
     flags = _flags(train_t, train_s) if use_train else _flags(eval_t, eval_s)
-    lines = [f"Layer {index} ({name}: {type(layer).__name__}, {layer.neuron_count} neurons)"]
+    header = f"Layer {index} ({name}: {type(layer).__name__}, {layer.neuron_count} neurons)"
+    if not any(train_s) and not any(eval_s):
+        header += ": no samples tracked yet (or called with skip_register=True)"
+    lines = [header]
     for n in range(layer.neuron_count):
         rate_t = train_t[n] / train_s[n] if train_s[n] else 0.0
         rate_e = eval_t[n] / eval_s[n] if eval_s[n] else 0.0
