@@ -25,13 +25,23 @@ def normalise(value: Any, path: str = "payload") -> Any:
     Sets and frozensets become sorted lists, tuples become lists, numpy/torch
     scalars become Python numbers (anything with ``.item()`` and no length).
 
+    Every backend must give the value back as it hashed: PostgreSQL's JSONB keeps
+    numbers as decimals, so ``-0.0`` becomes ``0.0`` here and a float of magnitude
+    ``>= 1e16`` (which JSON writes without a fraction, and JSONB returns as an
+    integer) becomes that integer; strings holding NUL or lone surrogates (which
+    JSONB and UTF-8 cannot hold) and integers too long for JSON are refused.
+
     Raises:
         EventPayloadError: naming the offending key path, for anything else
             (objects, non-finite floats, non-string keys).
     """
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return _check_text(value, path)
     if isinstance(value, int):
+        if not -_MAX_INT < value < _MAX_INT:
+            raise EventPayloadError(f"{path} is an integer of more than 4000 digits; store it as a blob.")
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -39,7 +49,9 @@ def normalise(value: Any, path: str = "payload") -> Any:
                 f"{path} is {value!r}; event payloads must hold finite numbers only "
                 "(encode missing values as null)."
             )
-        return float(value)
+        if value == 0.0:
+            return 0.0
+        return int(value) if abs(value) >= 1e16 else float(value)
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
@@ -47,7 +59,7 @@ def normalise(value: Any, path: str = "payload") -> Any:
                 raise EventPayloadError(
                     f"{path} has key {k!r} of type {type(k).__name__}; payload keys must be strings."
                 )
-            out[k] = normalise(v, f"{path}.{k}")
+            out[_check_text(k, path)] = normalise(v, f"{path}.{k}")
         return out
     if isinstance(value, (list, tuple)):
         return [normalise(v, f"{path}[{i}]") for i, v in enumerate(value)]
@@ -65,6 +77,20 @@ def normalise(value: Any, path: str = "payload") -> Any:
         "event payloads hold only dicts, lists, strings, numbers, booleans and null "
         "(store tensors as blobs and put their hash in the payload)."
     )
+
+
+_MAX_INT = 10**4000  # Python's json refuses to read integers of more than 4300 digits
+
+
+def _check_text(text: str, path: str) -> str:
+    if "\x00" in text:
+        raise EventPayloadError(f"{path} holds a NUL character, which PostgreSQL cannot store; remove it.")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise EventPayloadError(f"{path} is not valid Unicode ({e.reason}); pass proper text.") from e
+    return text
 
 
 def canonical_json(value: Any) -> str:

@@ -8,12 +8,13 @@ non-tensor state values, the architecture, the model age.
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from weightslab.errors import IntegrityError
+from weightslab.errors import IntegrityError, WeightsLabError
 from weightslab.experiment.rng import capture_rng, restore_rng
 from weightslab.experiment.state import to_tensor
 
@@ -65,7 +66,9 @@ def capture(exp: Experiment, *, rng: bool = True) -> tuple[dict[str, torch.Tenso
 def restore(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Put ``exp`` into the captured state: widths, weights, optimizer, ledgers, samplers, RNG.
 
-    The optimizer object and the Parameter objects stay the same.
+    The optimizer object and the Parameter objects stay the same. All or nothing: a
+    state that cannot be restored (tensors that do not fit together, e.g. a damaged or
+    forged checkpoint) raises IntegrityError and leaves ``exp`` as it was.
     """
     opt_meta = meta["optimizer"]
     if opt_meta["class"] != type(exp.optimizer).__name__:
@@ -73,6 +76,24 @@ def restore(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, A
             f"the state was recorded with optimizer {opt_meta['class']}, this experiment uses "
             f"{type(exp.optimizer).__name__}; reopen it with optimizer_class={opt_meta['class']}"
         )
+    live, live_meta = capture(exp)
+    saved = {k: v.detach().clone() for k, v in live.items()}  # the parts are checked only as they are applied
+    saved_meta = copy.deepcopy(live_meta)
+    try:
+        _apply(exp, tensors, meta)
+        exp._probe_criterion()  # the restored model must still run: shapes that do not fit fail here
+    except Exception as error:  # noqa: BLE001 - whatever failed, put the previous state back, then say so
+        _apply(exp, saved, saved_meta)
+        if isinstance(error, WeightsLabError):
+            raise
+        raise IntegrityError(
+            f"the recorded state cannot be restored ({type(error).__name__}: {error}); nothing was changed. "
+            "The checkpoint is damaged or belongs to another model: load another one"
+        ) from error
+
+
+def _apply(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    opt_meta = meta["optimizer"]
     device = exp.device
     model_sd = {k[len("model/"):]: v.to(device) for k, v in tensors.items() if k.startswith("model/")}
     exp.model.load_state_resizing(model_sd)

@@ -27,7 +27,7 @@ from weightslab.history.tensorcodec import decode_tensor, encode_tensor_parts
 if TYPE_CHECKING:
     from weightslab.experiment.experiment import Experiment
 
-__all__ = ["CheckpointManager", "read_manifest", "snapshot_frames", "write_state"]
+__all__ = ["CheckpointManager", "parse_manifest", "read_manifest", "snapshot_frames", "write_state"]
 
 MANIFEST_FORMAT = "weightslab.state/1"
 
@@ -51,14 +51,50 @@ def manifest_fingerprint(exp: Experiment, manifest_hash: str) -> tuple[str, dict
 
 
 def _manifest(exp: Experiment, manifest_hash: str) -> dict[str, Any]:
-    raw = exp.store.blobs.get(check_hash(manifest_hash))
+    return parse_manifest(exp.store.blobs.get(check_hash(manifest_hash)), manifest_hash)
+
+
+_TENSOR_GROUPS = ("model/", "optim/", "ledger/", "sampler/", "rng/")
+
+
+def parse_manifest(raw: bytes, name: str = "manifest") -> dict[str, Any]:
+    """Parse and check a manifest's bytes (pure: JSON only, nothing is imported or unpickled).
+
+    Returns the manifest dict: ``format``, ``tensors`` ({tensor name: blob hash}) and
+    ``meta`` (optimizer hyper-parameters, architecture, model age), each of the shape
+    :func:`write_state` writes, so that restoring it cannot fail on a missing key or a
+    wrong type.
+
+    Raises:
+        IntegrityError: not UTF-8 JSON, another format, or any part of the wrong shape
+            (a tensor name outside the known groups, a hash that is not one).
+    """
+    def bad(what: str) -> IntegrityError:
+        return IntegrityError(f"blob {name} is not a WeightsLab state manifest ({MANIFEST_FORMAT}): {what}; "
+                              "the store is damaged or was tampered with")
+
     try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IntegrityError(f"manifest {manifest_hash} is not JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
-            or not isinstance(manifest.get("tensors"), dict) or not isinstance(manifest.get("meta"), dict):
-        raise IntegrityError(f"blob {manifest_hash} is not a WeightsLab state manifest ({MANIFEST_FORMAT})")
+        manifest = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise IntegrityError(f"manifest {name} is not JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise bad("no 'format' of that name")
+    tensors, meta = manifest.get("tensors"), manifest.get("meta")
+    if not isinstance(tensors, dict) or not isinstance(meta, dict):
+        raise bad("'tensors' and 'meta' must be objects")
+    for tensor, digest in tensors.items():
+        if not tensor.startswith(_TENSOR_GROUPS):
+            raise bad(f"tensor name {tensor[:80]!r} is outside {', '.join(_TENSOR_GROUPS)}")
+        check_hash(digest)
+    opt = meta.get("optimizer")
+    if not (isinstance(opt, dict) and isinstance(opt.get("class"), str)
+            and isinstance(opt.get("param_groups"), list) and all(isinstance(g, dict) for g in opt["param_groups"])
+            and isinstance(opt.get("tuple_keys"), list) and all(isinstance(k, str) for k in opt["tuple_keys"])
+            and isinstance(opt.get("scalars"), dict)):
+        raise bad("meta.optimizer must hold class, param_groups, tuple_keys and scalars")
+    arch, age = meta.get("architecture"), meta.get("model_age")
+    if not (isinstance(arch, list) and all(type(w) is int for w in arch)) or type(age) is not int:
+        raise bad("meta.architecture must be a list of widths and meta.model_age an integer")
     return manifest
 
 

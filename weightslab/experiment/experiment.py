@@ -55,6 +55,11 @@ def _code_version() -> str:
     return f"weightslab {__version__}" + (f" git {rev}" if rev else "")
 
 
+def _finite_or_none(value: float) -> float | None:
+    """A diverged run's NaN/inf loss is recorded as null: the event must be written all the same."""
+    return value if np.isfinite(value) else None
+
+
 def _check_device(device: Any) -> torch.device:
     """``device`` as a torch.device that exists on this machine, else ConfigurationError."""
     try:
@@ -336,7 +341,7 @@ class Experiment:
         loss, acc, seen = self._train_loop(n)
         self._recorder.append("train", {
             "steps": n, "batch_size": self.config.batch_size, "samples": seen,
-            "age_before": age_before, "age_after": self.model_age, "loss": loss, "accuracy": acc,
+            "age_before": age_before, "age_after": self.model_age, "loss": _finite_or_none(loss), "accuracy": acc,
         }, blobs=start)
         self._log_scalars("train", loss, acc)
         return loss, acc
@@ -401,7 +406,7 @@ class Experiment:
         age = self.model_age
         loss, acc, seen = self._eval_loop(steps)
         self._recorder.append("eval", {"steps": steps, "full": steps is None, "samples": seen,
-                                       "loss": loss, "accuracy": acc, "model_age": age})
+                                       "loss": _finite_or_none(loss), "accuracy": acc, "model_age": age})
         self._log_scalars("eval", loss, acc)
         self._log_trigger_rates()
         return loss, acc

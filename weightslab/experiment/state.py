@@ -14,7 +14,6 @@ checkpoint manifest proves the state hash recorded with its event.
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from weightslab.events.codec import canonical_json
-from weightslab.history.tensorcodec import MAGIC
+from weightslab.history.tensorcodec import flat_bytes, header_prefix
 
 __all__ = ["GROUPS", "group_hashes", "state_hash", "tensor_hash", "to_tensor"]
 
@@ -43,10 +42,9 @@ def tensor_hash(t: torch.Tensor) -> str:
     if t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous()
-    header = canonical_json({"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}).encode()
-    h = hashlib.sha256(MAGIC + struct.pack("<I", len(header)) + header)
+    h = hashlib.sha256(header_prefix(str(t.dtype).removeprefix("torch."), list(t.shape)))
     if t.numel():
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        h.update(flat_bytes(t))
     return h.hexdigest()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -72,6 +73,30 @@ class BlobStore:
         self._dir = root / "blobs" if root is not None else None
         self.mode = "files" if root is not None else "database"
         self.bytes_written = 0  # new blob bytes this process has stored (deduplicated ones excluded)
+
+    def sweep_temporary(self, older_than_s: float = 3600.0) -> int:
+        """Delete temporary files a killed writer left in ``blobs/tmp``; returns how many.
+
+        Only files older than ``older_than_s`` go: a writer in another process may be
+        filling a fresh one right now. Best effort: a file that cannot be removed stays.
+        """
+        if self._dir is None:
+            return 0
+        tmp_dir = self._dir / "tmp"
+        cutoff = time.time() - older_than_s
+        removed = 0
+        try:
+            entries = list(os.scandir(tmp_dir))
+        except OSError:  # no tmp folder yet (or unreadable): nothing to sweep
+            return 0
+        for entry in entries:
+            try:
+                if entry.name.endswith(".part") and entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     def path_of(self, digest: str) -> Path | None:
         """The file holding a blob (files mode), else None."""

@@ -22,6 +22,9 @@ __all__ = ["StoreLocation", "make_engine", "resolve_store"]
 DB_FILENAME = "weightslab.db"
 ENV_VAR = "WEIGHTSLAB_STORE"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A literal, like every SQL text of the package (no SQL is built by formatting; a test checks it equals
+# SQLITE_BUSY_TIMEOUT_MS).
+_BUSY_TIMEOUT_PRAGMA = "PRAGMA busy_timeout = 30000"
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def _configure_sqlite(engine: Engine, *, read_only: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # pragma: no cover - exercised by every test
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
+        cur.execute(_BUSY_TIMEOUT_PRAGMA)
         if not read_only:
             # WAL is a property of the database file: set it once. Setting it on every new
             # connection would wait for (and fail behind) a writer holding the lock.

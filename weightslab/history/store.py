@@ -98,7 +98,9 @@ class Store:
             except BaseException:
                 engine.dispose()
                 raise
-        return cls(location, engine)
+        store = cls(location, engine)
+        store.blobs.sweep_temporary()  # what writers killed mid-write (an hour or more ago) left behind
+        return store
 
     def describe(self) -> str:
         return self.location.describe()

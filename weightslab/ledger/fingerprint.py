@@ -49,7 +49,10 @@ def _hash_value(h: Any, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
         h.update(f"tensor {t.dtype} {tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        flat = t.reshape(-1)
+        if flat.numel() == 1:  # a one-element view may keep any stride, which a byte view refuses
+            flat = flat.as_strided((1,), (1,))
+        h.update(flat.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     elif isinstance(value, np.ndarray):
         h.update(f"ndarray {value.dtype} {value.shape}".encode())
         h.update(np.ascontiguousarray(value).tobytes())
