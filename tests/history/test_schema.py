@@ -68,3 +68,27 @@ def test_reopening_at_head_changes_nothing(store_target):
     Store.open(store_target).close()
     with Store.open(store_target) as s, s.engine.connect() as conn:
         assert migrate.current_revision(conn) == migrate.head_revision()
+
+
+def test_a_store_at_revision_0001_is_refused_then_upgraded_by_the_cli(store_target):
+    """A real older store: created at 0001, refused as older, then `weightslab db upgrade` brings it to head."""
+    import subprocess
+    import sys
+
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from weightslab.history.locate import make_engine, resolve_store
+
+    engine = make_engine(resolve_store(store_target))
+    with engine.begin() as conn:
+        command.upgrade(migrate.alembic_config(conn), "0001")
+    engine.dispose()
+    with pytest.raises(SchemaVersionError, match="older than this WeightsLab"):
+        Store.open(store_target)
+    out = subprocess.run([sys.executable, "-m", "weightslab.cli", "db", "upgrade", "--store", store_target],
+                         capture_output=True, text=True, check=True).stdout
+    assert "0001 -> " + migrate.head_revision() in out
+    with Store.open(store_target) as s:
+        indexes = {ix["name"] for ix in inspect(s.engine).get_indexes("sample_stats")}
+        assert "ix_sample_stats_loss" not in indexes

@@ -14,6 +14,9 @@ the last event; a crash loses at most the statistics not yet written.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -39,6 +42,12 @@ __all__ = ["Recorder"]
 
 # Id lists longer than this go to a blob instead of the JSON payload.
 INLINE_IDS = 2048
+
+
+def _lower_priority() -> None:
+    """Let the statistics writer yield the CPU to training (Linux: a thread has its own nice value)."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 class Recorder:
@@ -74,7 +83,8 @@ class Recorder:
         if not jobs:
             return
         if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightslab-stats")
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightslab-stats",
+                                              initializer=_lower_priority)
         self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
         self._pending.append(self._writer.submit(self._write_samples, jobs))
 

@@ -116,9 +116,8 @@ class SampleStat(Base):
     """Per-sample statistics as of the experiment's last event."""
 
     __tablename__ = "sample_stats"
-    __table_args__ = (
-        Index("ix_sample_stats_loss", "experiment_id", "split", "prediction_loss"),
-    )
+    # No index on prediction_loss: every epoch rewrites every row, and the index doubled that
+    # cost; a top-100-by-loss query scans the experiment's rows in key order instead (revision 0002).
 
     experiment_id: Mapped[int] = mapped_column(
         ForeignKey("experiments.experiment_id"), primary_key=True

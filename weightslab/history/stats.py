@@ -41,6 +41,16 @@ def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str], placehol
 _SAMPLE_ALL = ("experiment_id", "split", *SAMPLE_COLUMNS)
 _NEURON_ALL = ("experiment_id", *NEURON_COLUMNS)
 _SQLITE_SAMPLE = _upsert_sql("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, "?", "")
+# Large SQLite batches are staged: a plain insert into an unindexed temporary table, then one
+# INSERT ... SELECT ... ON CONFLICT that runs entirely inside SQLite (without Python's GIL, so a
+# background flush overlaps with training) - the same shape as PostgreSQL's COPY + merge.
+_SQLITE_STAGE_MIN_ROWS = 2_000
+_SQLITE_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS wl_stage_sample_stats AS "  # noqa: S608 - constants only
+                 "SELECT " + ", ".join(_SAMPLE_ALL) + " FROM sample_stats WHERE 0")
+_SQLITE_STAGE_INSERT = ("INSERT INTO wl_stage_sample_stats (" + ", ".join(_SAMPLE_ALL)  # noqa: S608 - constants
+                        + ") VALUES (" + ", ".join("?" * len(_SAMPLE_ALL)) + ")")
+_SQLITE_MERGE = _upsert_sql("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, "", "wl_stage_sample_stats WHERE true")
+_SQLITE_STAGE_CLEAR = "DELETE FROM wl_stage_sample_stats"
 _SQLITE_NEURON = _upsert_sql("neuron_stats", _NEURON_ALL, _NEURON_KEY, "?", "")
 _PG_SAMPLE = _upsert_sql("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, "", "wl_tmp_sample_stats")
 _PG_NEURON = _upsert_sql("neuron_stats", _NEURON_ALL, _NEURON_KEY, "", "wl_tmp_neuron_stats")
@@ -114,7 +124,13 @@ def _bulk(conn: Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
     if conn.dialect.name == "sqlite":
         cur = driver.cursor()
         try:
-            cur.executemany(_SQLITE_SAMPLE if table == "sample_stats" else _SQLITE_NEURON, rows)
+            if table == "sample_stats" and len(rows) >= _SQLITE_STAGE_MIN_ROWS:
+                cur.execute(_SQLITE_STAGE)
+                cur.executemany(_SQLITE_STAGE_INSERT, rows)
+                cur.execute(_SQLITE_MERGE)
+                cur.execute(_SQLITE_STAGE_CLEAR)
+            else:
+                cur.executemany(_SQLITE_SAMPLE if table == "sample_stats" else _SQLITE_NEURON, rows)
         finally:
             cur.close()
         return
