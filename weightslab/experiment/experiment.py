@@ -262,8 +262,9 @@ class Experiment:
             self._recorder = Recorder(self, row.experiment_id, 0, _code_version())
             with self.store.transaction() as conn:
                 manifest, digest, parts, _ = write_state(self, conn)
+            # no sample rows yet: a sample gets its row when it is first seen, denied or allowed
             self._recorder.append("create", {"name": self.name, "initial": manifest, **config},
-                                  fingerprint=(digest, parts), flush_all=True)
+                                  fingerprint=(digest, parts))
             self.resume_report = None
         else:
             self._experiment_id = row.experiment_id
