@@ -26,7 +26,7 @@ lint: $(BIN)/.installed
 
 ## bench: the benchmark suite (figures in the README)
 bench: $(BIN)/.installed
-	$(BIN)/python tools/bench_store.py
+	$(BIN)/python tools/bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
