@@ -8,54 +8,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+# The tutorial's MNISTModel, verbatim (one copy, in the demo module users also run).
+from weightslab.demo import MNISTModel  # noqa: F401 - re-exported for the tests
 from weightslab.surgery import (
     BatchNorm2dWithNeuronOps,
     Conv2dWithNeuronOps,
     LinearWithNeuronOps,
     NetworkWithOps,
-    TrackingMode,
     convert_to_ops,
 )
-
-
-# --- copied verbatim from the tutorial (seed/weightslab-tutorial.md) ---
-class MNISTModel(NetworkWithOps):
-    def __init__(self):
-        super(MNISTModel, self).__init__()  # noqa: UP008 - verbatim from the tutorial
-        self.tracking_mode = TrackingMode.DISABLED
-        self.layer0 = Conv2dWithNeuronOps(
-            in_channels=1, out_channels=2, kernel_size=3)
-        self.mpool0 = nn.MaxPool2d(2)
-        self.layer1 = Conv2dWithNeuronOps(
-            in_channels=2, out_channels=4, kernel_size=3)
-        self.mpool1 = nn.MaxPool2d(2)
-        self.layer2 = Conv2dWithNeuronOps(
-            in_channels=4, out_channels=10, kernel_size=3)
-        self.mpool2 = nn.MaxPool2d(2)
-        self.out = LinearWithNeuronOps(in_features=10, out_features=10)
-        self.layers = [self.layer0, self.layer1, self.layer2, self.out]
-
-    def forward(self, input: th.Tensor):
-        self.maybe_update_age(input)
-
-        x = self.layer0(input)
-        x = F.relu(x)
-        x = self.mpool0(x)
-
-        x = self.layer1(x)
-        x = F.relu(x)
-        x = self.mpool1(x)
-
-        x = self.layer2(x)
-        x = F.relu(x)
-        x = self.mpool2(x)
-
-        x = x.view(x.size(0), -1)
-        output = self.out(x, skip_register=True)
-
-        output = F.log_softmax(output, dim=1)
-        return output
-# --- end of the tutorial's code ---
 
 
 class ConvBNModel(NetworkWithOps):
