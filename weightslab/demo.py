@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
                      store=args.store, recipe=rec)
     print(f"    store: {exp.store.describe()}; {len(train_ds)} training and {len(eval_ds)} eval samples")
 
-    say("Training 3 epochs with a full evaluation every quarter epoch")
-    loss, acc = exp.train_n_steps_with_eval_full(3 * len(exp.train_loader))
+    say("Training 8 epochs with a full evaluation every quarter epoch")
+    loss, acc = exp.train_n_steps_with_eval_full(8 * len(exp.train_loader))
     print(f"    eval loss {loss:.4f}, accuracy {acc:.1%}, model age {exp.model_age:,} samples")
 
     say("Neuron statistics (trigger rate = share of samples whose mean pre-activation is > 0)")
