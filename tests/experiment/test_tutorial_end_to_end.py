@@ -198,3 +198,20 @@ def test_reopen_in_a_fresh_process_continues_from_the_recorded_state(make_exp, s
     assert lines["OK"] == "True"
     kinds = exp.store.events(exp.experiment_id)
     assert [e.kind for e in kinds][-2:] == ["resume", "train"]
+
+
+def test_reopen_refuses_a_tampered_event_log(make_exp, store_target):
+    from sqlalchemy import text
+
+    from weightslab.errors import IntegrityError
+
+    exp = make_exp("tampered")
+    exp.train_n_steps(2)
+    exp.model.prune(layer_index=1, neuron_indices={0})
+    with exp.store.engine.begin() as conn:
+        conn.execute(text("UPDATE events SET kind = 'eval' WHERE experiment_id = :e AND seq = 2"),
+                     {"e": exp.experiment_id})
+    n = len(exp.events())
+    with pytest.raises(IntegrityError, match="fails verification at seq 2.*weightslab audit"):
+        make_exp("tampered")
+    assert len(exp.events()) == n

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from weightslab.errors import ConfigurationError
+from weightslab.errors import ConfigurationError, IntegrityError
 from weightslab.experiment.checkpoints import read_manifest
 
 if TYPE_CHECKING:
@@ -74,9 +74,20 @@ def manifest_of_event(event: EventRow) -> tuple[str, int | None]:
 
 
 def resume(exp: Experiment) -> ResumeReport:
-    """Restore the latest state of ``exp`` from the store and record a ``resume`` event."""
+    """Restore the latest state of ``exp`` from the store and record a ``resume`` event.
+
+    Raises:
+        IntegrityError: the event log's hash chain does not verify (an edited, deleted or
+            reordered event): nothing is replayed from a history that cannot be trusted.
+    """
     from weightslab.experiment import replay
 
+    chain = exp.store.verify_chain(exp._experiment_id)
+    if not chain.ok:
+        raise IntegrityError(
+            f"experiment {exp.name!r}: its event log fails verification at seq {chain.first_bad_seq} "
+            f"({chain.reason}); refusing to resume from it. Inspect it with `weightslab audit {exp.name}`."
+        )
     events = exp.store.events(exp._experiment_id)
     i, base = base_of(events)
     manifest, checkpoint_id = manifest_of_event(base)
