@@ -260,6 +260,13 @@ def _uniform_bound(fan_in: int) -> float:
 
 
 _COUNTER_SLOTS = [Slot(name, row_dim=0) for name in COUNTER_NAMES]
+# Per-row and per-column settings of layers with weight columns (Conv2d, Linear).
+_ROW_COL_SLOTS = [
+    Slot("lr_row_multiplier", 0, None, 1.0),
+    Slot("lr_col_multiplier", None, 0, col_fill=1.0),
+    Slot("row_birth_step", 0, None, "step"),
+    Slot("col_birth_step", None, 0, col_fill="step"),
+]
 
 
 class Conv2dWithNeuronOps(NeuronLayer, nn.Conv2d):
@@ -281,12 +288,7 @@ class Conv2dWithNeuronOps(NeuronLayer, nn.Conv2d):
         slots = [Slot("weight", 0, None if grouped else 1, "init", 0.0)]
         if self.bias is not None:
             slots.append(Slot("bias", 0, None, "init"))
-        return slots + _COUNTER_SLOTS + [
-            Slot("lr_row_multiplier", 0, None, 1.0),
-            Slot("lr_col_multiplier", None, 0, col_fill=1.0),
-            Slot("row_birth_step", 0, None, "step"),
-            Slot("col_birth_step", None, 0, col_fill="step"),
-        ]
+        return slots + _COUNTER_SLOTS + _ROW_COL_SLOTS
 
     def init_bound(self) -> float:
         fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
@@ -319,12 +321,7 @@ class LinearWithNeuronOps(NeuronLayer, nn.Linear):
         slots = [Slot("weight", 0, 1, "init", 0.0)]
         if self.bias is not None:
             slots.append(Slot("bias", 0, None, "init"))
-        return slots + _COUNTER_SLOTS + [
-            Slot("lr_row_multiplier", 0, None, 1.0),
-            Slot("lr_col_multiplier", None, 0, col_fill=1.0),
-            Slot("row_birth_step", 0, None, "step"),
-            Slot("col_birth_step", None, 0, col_fill="step"),
-        ]
+        return slots + _COUNTER_SLOTS + _ROW_COL_SLOTS
 
     def init_bound(self) -> float:
         return _uniform_bound(self.in_features)
