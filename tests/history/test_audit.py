@@ -16,15 +16,6 @@ from weightslab.errors import UnknownExperimentError
 from weightslab.history.audit import audit_experiment, audit_store, events_frame, experiments_frame
 
 
-@pytest.fixture
-def built(store_target):
-    b = build_store(store_target)
-    try:
-        yield b
-    finally:
-        b.store.close()
-
-
 def _remove_blob(built: Built, digest: str) -> None:
     if built.store.blobs.mode == "files":
         built.store.blobs.path_of(digest).unlink()

@@ -8,22 +8,13 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 import torch
-from cli.store_builder import NAME, build_store
+from cli.store_builder import NAME
 from sqlalchemy import text
 
 from weightslab.errors import ConfigurationError, IntegrityError
 from weightslab.history.diff import decode_numpy, diff_checkpoints
 from weightslab.history.schema import Checkpoint
 from weightslab.history.tensorcodec import decode_array, encode_tensor
-
-
-@pytest.fixture
-def built(store_target):
-    b = build_store(store_target)
-    try:
-        yield b
-    finally:
-        b.store.close()
 
 
 def _changed(built, a: int, b: int) -> list[str]:

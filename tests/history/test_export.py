@@ -6,19 +6,10 @@ import json
 
 import pandas as pd
 import pytest
-from cli.store_builder import NAME, build_store, clone_experiment
+from cli.store_builder import NAME, clone_experiment
 
 from weightslab.errors import ConfigurationError, UnknownExperimentError
 from weightslab.history.export import export_experiment, write_table
-
-
-@pytest.fixture
-def built(store_target):
-    b = build_store(store_target)
-    try:
-        yield b
-    finally:
-        b.store.close()
 
 
 def test_export_writes_events_stats_and_the_whole_sample_history(built, tmp_path):

@@ -223,33 +223,25 @@ class SurgeryOperations:
         self, layer_index: int, neuron_indices: Iterable[int], lr: float
     ) -> None:
         """Multiply the optimizer's update of these neurons by ``lr`` (see the layer method)."""
-        index, layer, name = self._resolve(layer_index)
-        indices = check_neuron_indices(neuron_indices, layer.neuron_count)
-        value = check_multiplier(lr)
-        layer._set_multiplier("lr_row_multiplier", indices, value)
-        self._notify(
-            OperationRecord(
-                EventKind.SET_NEURON_LR,
-                {"layer_index": index, "neuron_indices": indices, "lr": value},
-                {"changed": [name]},
-            )
-        )
+        self._set_lr(EventKind.SET_NEURON_LR, layer_index, neuron_indices, lr, incoming=False)
 
     def set_per_incoming_neuron_learning_rate(
         self, layer_index: int, neuron_indices: Iterable[int], lr: float
     ) -> None:
         """Multiply the optimizer's update of these incoming neurons' weight columns by ``lr``."""
+        self._set_lr(EventKind.SET_INCOMING_NEURON_LR, layer_index, neuron_indices, lr, incoming=True)
+
+    def _set_lr(self, kind: str, layer_index: int, neuron_indices: Iterable[int], lr: float,
+                *, incoming: bool) -> None:
+        """Check, set the row (or column) multipliers, and report one record."""
         index, layer, name = self._resolve(layer_index)
-        layer._check_has_columns()
-        indices = check_neuron_indices(neuron_indices, layer.incoming_count)
+        if incoming:
+            layer._check_has_columns()
+        indices = check_neuron_indices(neuron_indices, layer.incoming_count if incoming else layer.neuron_count)
         value = check_multiplier(lr)
-        layer._set_multiplier("lr_col_multiplier", indices, value)
+        layer._set_multiplier("lr_col_multiplier" if incoming else "lr_row_multiplier", indices, value)
         self._notify(
-            OperationRecord(
-                EventKind.SET_INCOMING_NEURON_LR,
-                {"layer_index": index, "neuron_indices": indices, "lr": value},
-                {"changed": [name]},
-            )
+            OperationRecord(kind, {"layer_index": index, "neuron_indices": indices, "lr": value}, {"changed": [name]})
         )
 
     def _with_partners(self, chosen: list[NeuronLayer]) -> list[NeuronLayer]:
