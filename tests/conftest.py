@@ -103,3 +103,16 @@ def store(store_target):
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def built(store_target):
+    """The recorded history of ``tests/cli/store_builder.py`` in a fresh store, on each backend
+    (shared by the CLI and the history-tool tests)."""
+    from cli.store_builder import build_store
+
+    b = build_store(store_target)
+    try:
+        yield b
+    finally:
+        b.store.close()
