@@ -48,8 +48,9 @@ RESULTS: list[dict[str, Any]] = []
 
 
 def record(name: str, baseline: float | None, subject: float, unit: str, target: str, ok: bool | None,
-           note: str = "") -> None:
-    ratio = subject / baseline if baseline else None
+           note: str = "", ratio: float | None = None) -> None:
+    if ratio is None:
+        ratio = subject / baseline if baseline else None
     RESULTS.append({"scenario": name, "baseline": baseline, "weightslab": subject, "ratio": ratio, "unit": unit,
                     "target": target, "met": ok, "note": note})
     r = f"{ratio:.3f}" if ratio is not None else "-"
@@ -58,12 +59,26 @@ def record(name: str, baseline: float | None, subject: float, unit: str, target:
           f"  {note}", flush=True)
 
 
-def alternate(reps: int, base: Callable[[], float], subject: Callable[[], float]) -> tuple[float, float]:
+def alternate(reps: int, base: Callable[[], float], subject: Callable[[], float]) -> tuple[float, float, float]:
+    """Run both sides ``reps`` times, adjacent in time, in ABBA order (so slow drift of the machine
+    cancels); returns (median baseline, median subject, median of the per-pair ratios)."""
     b, s = [], []
-    for _ in range(reps):
-        b.append(base())
-        s.append(subject())
-    return statistics.median(b), statistics.median(s)
+    for i in range(reps):
+        if i % 2 == 0:
+            b.append(base())
+            s.append(subject())
+        else:
+            s.append(subject())
+            b.append(base())
+    return statistics.median(b), statistics.median(s), statistics.median(x / y for x, y in zip(s, b))
+
+
+def compare(name: str, measured: tuple[float, float, float], limit: float, note: str = "",
+            at_least: bool = False) -> None:
+    """Record a side-by-side timing: the ratio is the median of per-pair ratios (target ≤ or ≥ ``limit``)."""
+    base, subj, ratio = measured
+    ok = ratio >= limit if at_least else ratio <= limit
+    record(name, base, subj, "s", f"{'≥' if at_least else '≤'} {limit:g}", ok, note, ratio=ratio)
 
 
 # -- training overhead -------------------------------------------------------------------------------
@@ -119,20 +134,17 @@ def scenario_train_tutorial(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as store:
         _plain_loop(PlainMNISTModel(), ds, 256, steps)  # warm-up
         _experiment_loop(MNISTModel, ds, ev, 256, steps, steps, store)
-        base, subj = alternate(args.reps, lambda: _plain_loop(PlainMNISTModel(), ds, 256, steps),
-                               lambda: _experiment_loop(MNISTModel, ds, ev, 256, steps, steps, store))
-    record("train tutorial (1 epoch, 1 call)", base, subj, "s", "≤ 1.10", subj / base <= 1.10,
-           f"{n} samples, batch 256, incl. final stats write")
+        m = alternate(args.reps, lambda: _plain_loop(PlainMNISTModel(), ds, 256, steps),
+                      lambda: _experiment_loop(MNISTModel, ds, ev, 256, steps, steps, store))
+    compare("train tutorial (1 epoch, 1 call)", m, 1.10, f"{n} samples, batch 256, incl. final stats write")
     with tempfile.TemporaryDirectory() as store:
-        base, subj = alternate(args.reps, lambda: _plain_loop(PlainMNISTModel(), ds, 256, 3 * steps),
-                               lambda: _experiment_loop(MNISTModel, ds, ev, 256, 3 * steps, steps, store))
-    record("train tutorial (3 epochs, 1 call each)", base, subj, "s", "≤ 1.10", subj / base <= 1.10,
-           "steady state: a write overlaps the next epoch")
+        m = alternate(args.reps, lambda: _plain_loop(PlainMNISTModel(), ds, 256, 3 * steps),
+                      lambda: _experiment_loop(MNISTModel, ds, ev, 256, 3 * steps, steps, store))
+    compare("train tutorial (3 epochs, 1 call each)", m, 1.10, "steady state: a write overlaps the next epoch")
     with tempfile.TemporaryDirectory() as store:
-        base, subj = alternate(args.reps, lambda: _plain_loop(PlainMNISTModel(), ds, 256, 3 * steps),
-                               lambda: _experiment_loop(MNISTModel, ds, ev, 256, 3 * steps, 25, store))
-    record("train tutorial (3 epochs, 25 steps a call)", base, subj, "s", "≤ 1.10", subj / base <= 1.10,
-           f"{(steps + 24) // 25} train events an epoch")
+        m = alternate(args.reps, lambda: _plain_loop(PlainMNISTModel(), ds, 256, 3 * steps),
+                      lambda: _experiment_loop(MNISTModel, ds, ev, 256, 3 * steps, 25, store))
+    compare("train tutorial (3 epochs, 25 steps a call)", m, 1.10, f"{(steps + 24) // 25} train events an epoch")
 
 
 def _resnet() -> torch.nn.Module:
@@ -165,10 +177,9 @@ def scenario_train_resnet18(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as store:
         plain()
-        base, subj = alternate(max(2, args.reps // 2), plain,
-                               lambda: _experiment_loop(_resnet_ops, ds, ev, 64, n_steps, n_steps, store))
-    record("train resnet18 (1 call)", base, subj, "s", "≤ 1.05", subj / base <= 1.05,
-           f"{n_steps} steps, batch 64, 32×32")
+        m = alternate(max(2, args.reps // 2), plain,
+                      lambda: _experiment_loop(_resnet_ops, ds, ev, 64, n_steps, n_steps, store))
+    compare("train resnet18 (1 call)", m, 1.05, f"{n_steps} steps, batch 64, 32×32")
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
@@ -202,9 +213,8 @@ def _dump_load(args: argparse.Namespace, label: str, make_model: Callable[[], An
             exp.load(checkpoint_id=cid)
             return time.perf_counter() - t
 
-        base, subj = alternate(args.reps, torch_roundtrip, ours)
-        record(f"dump+load {label}", base, subj, "s", "≤ 1.5", subj / base <= 1.5,
-               "full state (ledger, RNG, snapshots) vs model+optimizer")
+        compare(f"dump+load {label}", alternate(args.reps, torch_roundtrip, ours), 1.5,
+                "full state (ledger, RNG, snapshots) vs model+optimizer")
         if label == "resnet18":
             first = exp.chkpt_manager.last_dump_bytes
             exp.model.layers[5].set_per_neuron_learning_rate({1}, lr=0.5)

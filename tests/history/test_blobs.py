@@ -116,3 +116,29 @@ def test_pickle_bytes_are_not_a_tensor():
     evil = pickle.dumps(torch.ones(2))  # what torch.save-style stores would hold
     with pytest.raises(IntegrityError, match="bad magic"):
         decode_tensor(evil)
+
+
+def test_get_many_returns_every_blob_verified_and_names_a_damaged_one(store):
+    """Several megabytes at once are read and verified on threads; one bad blob refuses the lot."""
+    import os
+
+    from sqlalchemy import update
+
+    from weightslab.history.schema import BlobContent
+
+    datas = [os.urandom(1 << 20) + bytes([i]) for i in range(6)]
+    with store.transaction() as conn:
+        digests = store.blobs.put_many(conn, datas)
+    assert store.blobs.get_many(digests[::-1]) == datas[::-1]
+    damaged = digests[4]
+    if store.blobs.mode == "files":
+        path = store.blobs.path_of(damaged)
+        raw = bytearray(path.read_bytes())
+        raw[100] ^= 1
+        path.write_bytes(bytes(raw))
+    else:
+        with store.transaction() as conn:
+            conn.execute(update(BlobContent).where(BlobContent.hash == damaged).values(data=b"tampered"))
+    with pytest.raises(IntegrityError, match=f"blob {damaged} is damaged"):
+        store.blobs.get_many(digests)
+    assert store.blobs.get_many(digests[:4]) == datas[:4]

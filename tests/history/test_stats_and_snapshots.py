@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from weightslab.history.stats import upsert_neuron_stats, upsert_sample_stats
 
@@ -67,3 +68,24 @@ def test_snapshot_round_trips_through_parquet_blob(store):
     pd.testing.assert_frame_equal(back, frame)
     reg = store.query("SELECT table_name, event_seq, rows FROM snapshots WHERE snapshot_id = :s", {"s": sid})
     assert reg.iloc[0].to_dict() == {"table_name": "sample_stats", "event_seq": 1, "rows": 1000}
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 1000])
+def test_sample_upserts_are_exact_around_the_rows_per_statement(store, n):
+    """Rows go in multi-row statements of SQLITE_ROWS_PER_STATEMENT: none is lost or shifted at the seams."""
+    from weightslab.history.stats import SQLITE_ROWS_PER_STATEMENT
+
+    assert SQLITE_ROWS_PER_STATEMENT == 256
+    e = store.create_experiment("a").experiment_id
+    first, second = _columns(n, 3), _columns(n, 4)
+    with store.transaction() as conn:
+        upsert_sample_stats(conn, e, "train", first)
+    with store.transaction() as conn:
+        upsert_sample_stats(conn, e, "train", second)
+    df = store.query("SELECT * FROM sample_stats WHERE experiment_id = :e ORDER BY sample_id", {"e": e})
+    assert df["sample_id"].tolist() == list(range(n))
+    for column in ("prediction_age", "prediction_loss", "prediction", "label"):
+        got = df[column].to_numpy(dtype=float, na_value=np.nan)
+        np.testing.assert_array_equal(got, np.asarray(second[column], dtype=float), err_msg=column)
+    assert df["exposure_amount"].tolist() == second["exposure_amount"].tolist()
+    assert df["deny_listed"].astype(bool).tolist() == second["deny_listed"].tolist()

@@ -66,3 +66,40 @@ def test_worker_copy_carries_the_items_but_not_the_statistics_or_observers(synth
 def test_repr_names_split_size_and_denied_count(synth):
     synth.denylist_samples(range(5))
     assert repr(synth) == "LedgeredDataset(TensorDataset, split='train', size=60000, denied=5)"
+
+
+def test_a_batch_fetch_gives_the_same_items_and_ids_as_one_by_one(synth):
+    indices = [5, 0, 59_999, 17, -1]
+    batch = synth.__getitems__(indices)
+    for (x, y, i), j in zip(batch, indices):
+        x1, y1, i1 = synth[j]
+        assert i == i1 == (j % len(synth)) and torch.equal(x, x1) and torch.equal(y, y1)
+
+
+def test_a_batch_fetch_uses_the_wrapped_datasets_own_batch_fetch():
+    class Batched(TensorDataset):
+        calls: list[list[int]] = []
+
+        def __getitems__(self, indices):
+            Batched.calls.append(list(indices))
+            return [(self.tensors[0][i], self.tensors[1][i]) for i in indices]
+
+    ds = LedgeredDataset(Batched(torch.arange(10.0), torch.arange(10)), "train")
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
+    batches = list(loader)
+    assert Batched.calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert torch.equal(torch.cat([b[2] for b in batches]), torch.arange(10))
+
+
+def test_a_batch_fetch_names_an_item_that_is_not_a_pair():
+    class Triples(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return (i, i, i) if i == 2 else (i, i)
+
+    ds = LedgeredDataset(Triples(), "train")
+    assert [item[2] for item in ds.__getitems__([0, 1])] == [0, 1]
+    with pytest.raises(LedgerError, match="item 2 of Triples is not an .input, label. pair"):
+        ds.__getitems__([1, 2, 3])

@@ -129,6 +129,24 @@ def test_state_arrays_are_numeric_arrays_only(synth):
     assert state["generator_state"].dtype == np.uint8 and state["permutation"].shape == (60_000,)
 
 
+def test_the_permutation_handed_out_in_the_state_cannot_change_the_sampler(synth):
+    """state_arrays shares the epoch's permutation without a copy, so it is read-only, and a
+    loaded permutation is the sampler's own copy."""
+    sampler = LedgerSampler(synth, seed=1)
+    it = iter(sampler)
+    head = [next(it) for _ in range(10)]
+    state = sampler.state_arrays()
+    with pytest.raises(ValueError, match="read-only"):
+        state["permutation"][10] = -1
+    assert head == state["permutation"][:10].tolist()
+
+    given = {k: np.array(v) for k, v in state.items()}  # writable copies
+    restored = LedgerSampler(synth, seed=2)
+    restored.load_state_arrays(given)
+    given["permutation"][:] = 0
+    assert list(iter(restored)) == state["permutation"][10:].tolist() == list(it)
+
+
 def test_state_saved_between_epochs_restores_the_next_epoch(synth):
     sampler = LedgerSampler(synth, seed=4)
     epoch_ids(sampler)

@@ -8,7 +8,6 @@ non-tensor state values, the architecture, the model age.
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,6 +68,12 @@ def restore(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, A
     The optimizer object and the Parameter objects stay the same. All or nothing: a
     state that cannot be restored (tensors that do not fit together, e.g. a damaged or
     forged checkpoint) raises IntegrityError and leaves ``exp`` as it was.
+
+    What the undo keeps costs little: loading an optimizer state replaces its tensors
+    (the old ones are kept by reference), ledger, sampler and RNG states are small
+    copies. Only the model's values are overwritten in place, so they are copied, and
+    the model checked to run, just when some shape changes; when every shape is the
+    same the model goes last, after everything that could fail, and cannot fail itself.
     """
     opt_meta = meta["optimizer"]
     if opt_meta["class"] != type(exp.optimizer).__name__:
@@ -76,14 +81,30 @@ def restore(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, A
             f"the state was recorded with optimizer {opt_meta['class']}, this experiment uses "
             f"{type(exp.optimizer).__name__}; reopen it with optimizer_class={opt_meta['class']}"
         )
-    live, live_meta = capture(exp)
-    saved = {k: v.detach().clone() for k, v in live.items()}  # the parts are checked only as they are applied
-    saved_meta = copy.deepcopy(live_meta)
+    model_sd = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    live = exp.model.state_dict()
+    reshaping = live.keys() != model_sd.keys() or any(
+        tuple(live[k].shape) != tuple(v.shape) for k, v in model_sd.items())
+    saved_model = {k: v.detach().clone() for k, v in live.items()} if reshaping else None
+    saved_optimizer = exp.optimizer.state_dict()  # load_state_dict swaps these tensors out, never writes them
+    saved_rest, _ = capture(exp)  # ledger, sampler and RNG parts are fresh copies
+    saved_rest = {k: v for k, v in saved_rest.items() if not k.startswith(("model/", "optim/"))}
     try:
-        _apply(exp, tensors, meta)
-        exp._probe_criterion()  # the restored model must still run: shapes that do not fit fail here
+        optimizer_sd = _optimizer_state_dict(tensors, opt_meta)
+        if reshaping:
+            _apply_model(exp, model_sd)
+            exp.optimizer.load_state_dict(optimizer_sd)
+            _apply_data(exp, tensors)
+            exp._probe_criterion()  # the resized model must still run: widths that do not chain fail here
+        else:
+            exp.optimizer.load_state_dict(optimizer_sd)
+            _apply_data(exp, tensors)
+            _apply_model(exp, model_sd)  # same keys and shapes: an in-place copy that cannot fail
     except Exception as error:  # noqa: BLE001 - whatever failed, put the previous state back, then say so
-        _apply(exp, saved, saved_meta)
+        if saved_model is not None:
+            _apply_model(exp, saved_model)
+        exp.optimizer.load_state_dict(saved_optimizer)
+        _apply_data(exp, saved_rest)
         if isinstance(error, WeightsLabError):
             raise
         raise IntegrityError(
@@ -92,11 +113,12 @@ def restore(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, A
         ) from error
 
 
-def _apply(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    opt_meta = meta["optimizer"]
-    device = exp.device
-    model_sd = {k[len("model/"):]: v.to(device) for k, v in tensors.items() if k.startswith("model/")}
-    exp.model.load_state_resizing(model_sd)
+def _apply_model(exp: Experiment, model_sd: dict[str, torch.Tensor]) -> None:
+    exp.model.load_state_resizing({k: v.to(exp.device) for k, v in model_sd.items()})
+
+
+def _optimizer_state_dict(tensors: dict[str, torch.Tensor], opt_meta: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer's ``state_dict`` from its tensors and JSON part (pure: nothing is changed)."""
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim/"):
@@ -108,7 +130,11 @@ def _apply(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, An
     groups = []
     for g in opt_meta["param_groups"]:
         groups.append({k: tuple(v) if k in opt_meta["tuple_keys"] else v for k, v in g.items()})
-    exp.optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
+
+
+def _apply_data(exp: Experiment, tensors: dict[str, torch.Tensor]) -> None:
+    """Ledgers, samplers and RNG (each loader checks its input before it changes anything)."""
     for split, ds, sampler in exp._splits():
         ledger = {k.split("/", 2)[2]: v.numpy() for k, v in tensors.items() if k.startswith(f"ledger/{split}/")}
         ds.load_state_arrays(ledger)

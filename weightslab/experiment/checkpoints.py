@@ -101,8 +101,9 @@ def parse_manifest(raw: bytes, name: str = "manifest") -> dict[str, Any]:
 def read_manifest(exp: Experiment, manifest_hash: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load and verify a manifest and every tensor it names (no pickle anywhere)."""
     manifest = _manifest(exp, manifest_hash)
-    tensors = {name: decode_tensor(exp.store.blobs.get(check_hash(h)))
-               for name, h in manifest["tensors"].items()}
+    names = list(manifest["tensors"])
+    datas = exp.store.blobs.get_many([check_hash(manifest["tensors"][n]) for n in names])
+    tensors = {name: decode_tensor(data) for name, data in zip(names, datas)}
     return tensors, manifest["meta"]
 
 

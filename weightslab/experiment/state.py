@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from weightslab.events.codec import canonical_json
+from weightslab.history.hashing import sha256_many
 from weightslab.history.tensorcodec import flat_bytes, header_prefix
 
 __all__ = ["GROUPS", "group_hashes", "state_hash", "tensor_hash", "to_tensor"]
@@ -33,23 +34,30 @@ def to_tensor(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach()
     arr = np.asarray(value)
-    return torch.from_numpy(arr if arr.flags.c_contiguous else arr.copy())  # keeps 0-d arrays 0-d
+    if not (arr.flags.c_contiguous and arr.flags.writeable):  # torch refuses to alias read-only memory
+        arr = arr.copy()
+    return torch.from_numpy(arr)  # keeps 0-d arrays 0-d
 
 
-def tensor_hash(t: torch.Tensor) -> str:
-    """SHA-256 of the tensor's WLT1 encoding, computed without building the bytes."""
+def _tensor_parts(t: torch.Tensor) -> tuple[bytes | memoryview, ...]:
+    """The WLT1 encoding of ``t`` as (header, values) views, without building the bytes."""
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous()
-    h = hashlib.sha256(header_prefix(str(t.dtype).removeprefix("torch."), list(t.shape)))
-    if t.numel():
-        h.update(flat_bytes(t))
-    return h.hexdigest()
+    header = header_prefix(str(t.dtype).removeprefix("torch."), list(t.shape))
+    return (header, flat_bytes(t)) if t.numel() else (header,)
+
+
+def tensor_hash(t: torch.Tensor) -> str:
+    """SHA-256 of the tensor's WLT1 encoding (the name of the blob it would be stored as)."""
+    return sha256_many([_tensor_parts(t)])[0]
 
 
 def tensor_hashes(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    return {name: tensor_hash(t) for name, t in tensors.items()}
+    """:func:`tensor_hash` of each tensor, hashed on a few threads when there is much to hash."""
+    names = list(tensors)
+    return dict(zip(names, sha256_many([_tensor_parts(tensors[n]) for n in names])))
 
 
 def state_hash(hashes: Mapping[str, str]) -> str:

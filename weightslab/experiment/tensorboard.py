@@ -8,6 +8,9 @@ import torch
 
 __all__ = ["TensorBoardLog"]
 
+#: Curves reach the event file within this many seconds (operation markers at once).
+FLUSH_SECS = 5
+
 
 class TensorBoardLog:
     """A thin wrapper over ``SummaryWriter`` with WeightsLab's tag names.
@@ -23,7 +26,7 @@ class TensorBoardLog:
 
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self._writer = SummaryWriter(log_dir=str(self.logdir), flush_secs=30)
+        self._writer = SummaryWriter(log_dir=str(self.logdir), flush_secs=FLUSH_SECS)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         for k, v in values.items():

@@ -19,7 +19,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine, select
 
 from weightslab.errors import BlobNotFoundError, IntegrityError, StoreError
 from weightslab.history.dialect import insert_ignore
+from weightslab.history.hashing import balanced_map, sha256_many
 from weightslab.history.schema import Blob, BlobContent
 
 __all__ = ["BlobStore", "blob_hash", "check_hash"]
@@ -52,6 +53,15 @@ def blob_hash(data: BlobData) -> str:
     for part in _parts(data):
         h.update(part)
     return h.hexdigest()
+
+
+def _verify(digest: str, data: bytes | bytearray) -> None:
+    actual = blob_hash(data)
+    if actual != digest:
+        raise IntegrityError(
+            f"blob {digest} is damaged: its bytes hash to {actual}. Refusing to use it; "
+            "restore the file from a backup or load an earlier checkpoint."
+        )
 
 
 def check_hash(value: object) -> str:
@@ -110,11 +120,10 @@ class BlobStore:
 
         Bytes already in the store are not written again.
         """
-        hashes: list[str] = []
+        datas = list(datas)
+        hashes = sha256_many([_parts(d) for d in datas])
         new: dict[str, BlobData] = {}
-        for data in datas:
-            digest = blob_hash(data)
-            hashes.append(digest)
+        for digest, data in zip(hashes, datas):
             new.setdefault(digest, data)
         if not new:
             return hashes
@@ -146,38 +155,65 @@ class BlobStore:
             BlobNotFoundError: no such blob (the message names it).
             IntegrityError: the bytes do not hash to the name (the store is damaged).
         """
-        check_hash(digest)
-        data: bytes | bytearray
-        if self._dir is not None:
-            path = self.path_of(digest)
-            assert path is not None
-            try:
-                with open(path, "rb") as f:  # into a writable buffer: tensors decode without a copy
-                    data = bytearray(os.fstat(f.fileno()).st_size)
-                    f.readinto(data)
-            except FileNotFoundError as e:
-                raise BlobNotFoundError(
-                    f"blob {digest} is missing from {self._dir}; the store is incomplete "
-                    "(restore it from a backup, or replay from an earlier checkpoint)"
-                ) from e
-            except OSError as e:
-                raise StoreError(f"cannot read blob {digest} at {path}: {e}") from e
+        return self.get_many([digest], conn)[0]
+
+    def get_many(self, digests: Sequence[str], conn: Connection | None = None) -> list[bytes | bytearray]:
+        """Read blobs and verify each one's bytes against its name (hashed on a few threads).
+
+        Raises:
+            BlobNotFoundError: a blob is missing (the message names it).
+            IntegrityError: a blob's bytes do not hash to its name (the store is damaged).
+        """
+        digests = [check_hash(d) for d in digests]
+        if self._dir is not None:  # each thread reads and verifies its share of the files
+            return balanced_map(self._read_file, digests, [self._file_size(d) for d in digests])
+        if conn is None:
+            with self._engine.connect() as c:
+                datas = self._read_rows(c, digests)
         else:
-            if conn is None:
-                with self._engine.connect() as c:
-                    raw = c.scalar(select(BlobContent.data).where(BlobContent.hash == digest))
-            else:
-                raw = conn.scalar(select(BlobContent.data).where(BlobContent.hash == digest))
-            if raw is None:
-                raise BlobNotFoundError(f"blob {digest} is missing from the database store")
-            data = bytes(raw)
-        actual = blob_hash(data)
-        if actual != digest:
-            raise IntegrityError(
-                f"blob {digest} is damaged: its bytes hash to {actual}. Refusing to use it; "
-                "restore the file from a backup or load an earlier checkpoint."
-            )
+            datas = self._read_rows(conn, digests)
+        for digest, actual in zip(digests, sha256_many([(d,) for d in datas])):
+            if actual != digest:
+                _verify(digest, datas[digests.index(digest)])  # raises, naming the damaged blob
+        return datas
+
+    def _file_size(self, digest: str) -> int:
+        try:
+            return os.stat(self._file_of(digest)).st_size
+        except OSError:  # missing: reading it says so
+            return 0
+
+    def _file_of(self, digest: str) -> str:
+        assert self._dir is not None
+        return os.path.join(self._dir, digest[:2], digest)
+
+    def _read_file(self, digest: str) -> bytearray:
+        path = self._file_of(digest)
+        try:
+            with open(path, "rb") as f:  # into a writable buffer: tensors decode without a copy
+                data = bytearray(os.fstat(f.fileno()).st_size)
+                f.readinto(data)
+        except FileNotFoundError as e:
+            raise BlobNotFoundError(
+                f"blob {digest} is missing from {self._dir}; the store is incomplete "
+                "(restore it from a backup, or replay from an earlier checkpoint)"
+            ) from e
+        except OSError as e:
+            raise StoreError(f"cannot read blob {digest} at {path}: {e}") from e
+        _verify(digest, data)
         return data
+
+    def _read_rows(self, conn: Connection, digests: list[str]) -> list[bytes | bytearray]:
+        found: dict[str, bytes] = {}
+        unique = list(dict.fromkeys(digests))
+        for start in range(0, len(unique), 500):  # bounded IN lists
+            chunk = unique[start:start + 500]
+            for h, raw in conn.execute(select(BlobContent.hash, BlobContent.data).where(BlobContent.hash.in_(chunk))):
+                found[h] = bytes(raw)
+        missing = [d for d in unique if d not in found]
+        if missing:
+            raise BlobNotFoundError(f"blob {missing[0]} is missing from the database store")
+        return [found[d] for d in digests]
 
     def _write_files(self, blobs: dict[str, BlobData]) -> None:
         """Write blobs atomically: all to temporary files, fsync them, then rename into place.

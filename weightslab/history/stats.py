@@ -1,10 +1,15 @@
 """Bulk upserts of the statistics tables (``sample_stats``, ``neuron_stats``).
 
 Statistics are flushed at event boundaries, tens of thousands of rows at a
-time, so the rows go in bulk: one ``executemany`` of an ``INSERT ... ON
-CONFLICT DO UPDATE`` on SQLite (sqlite3 runs it in C), ``COPY`` into a
-temporary table followed by one ``INSERT ... SELECT ... ON CONFLICT`` on
-PostgreSQL. Values are always bound parameters, never formatted into SQL.
+time, so the rows go in bulk. On SQLite, sample rows go as multi-row
+``INSERT ... VALUES (…), (…), … ON CONFLICT DO UPDATE`` statements of
+:data:`SQLITE_ROWS_PER_STATEMENT` rows: the parameters are one flat list built
+column by column (no per-row Python tuples) and each statement's upserts run
+inside SQLite without Python's GIL, so a background flush overlaps training
+(benchmarked at about half the CPU of staging through a temporary table).
+On PostgreSQL rows are ``COPY``'d into a temporary table and merged with one
+``INSERT ... SELECT ... ON CONFLICT``. Values are always bound parameters,
+never formatted into SQL.
 """
 
 from __future__ import annotations
@@ -40,17 +45,21 @@ def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str], placehol
 # Statements built once from constant identifiers; every value is a bound parameter.
 _SAMPLE_ALL = ("experiment_id", "split", *SAMPLE_COLUMNS)
 _NEURON_ALL = ("experiment_id", *NEURON_COLUMNS)
-_SQLITE_SAMPLE = _upsert_sql("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, "?", "")
-# Large SQLite batches are staged: a plain insert into an unindexed temporary table, then one
-# INSERT ... SELECT ... ON CONFLICT that runs entirely inside SQLite (without Python's GIL, so a
-# background flush overlaps with training) - the same shape as PostgreSQL's COPY + merge.
-_SQLITE_STAGE_MIN_ROWS = 2_000
-_SQLITE_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS wl_stage_sample_stats AS "  # noqa: S608 - constants only
-                 "SELECT " + ", ".join(_SAMPLE_ALL) + " FROM sample_stats WHERE 0")
-_SQLITE_STAGE_INSERT = ("INSERT INTO wl_stage_sample_stats (" + ", ".join(_SAMPLE_ALL)  # noqa: S608 - constants
-                        + ") VALUES (" + ", ".join("?" * len(_SAMPLE_ALL)) + ")")
-_SQLITE_MERGE = _upsert_sql("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, "", "wl_stage_sample_stats WHERE true")
-_SQLITE_STAGE_CLEAR = "DELETE FROM wl_stage_sample_stats"
+# Rows per multi-row statement: 256 rows bind 256 * 7 + 2 parameters, far below SQLite's limit of
+# 32766, and amortise the per-statement cost (a larger statement measured no faster).
+SQLITE_ROWS_PER_STATEMENT = 256
+
+
+def _sqlite_sample_upsert(rows: int) -> str:
+    """The upsert of ``rows`` sample rows: ``?1`` is the experiment id, ``?2`` the split, then 7 values a row."""
+    row = "(?1, ?2, " + ", ".join(["?"] * len(SAMPLE_COLUMNS)) + ")"
+    updates = ", ".join(f"{c} = excluded.{c}" for c in SAMPLE_COLUMNS if c not in _SAMPLE_KEY)
+    return (f"INSERT INTO sample_stats ({', '.join(_SAMPLE_ALL)}) VALUES "  # noqa: S608 - constants only
+            + ", ".join([row] * rows) + f" ON CONFLICT ({', '.join(_SAMPLE_KEY)}) DO UPDATE SET {updates}")
+
+
+_SQLITE_SAMPLE_BULK = _sqlite_sample_upsert(SQLITE_ROWS_PER_STATEMENT)
+_SQLITE_SAMPLE_ONE = _sqlite_sample_upsert(1)
 _SQLITE_NEURON = _upsert_sql("neuron_stats", _NEURON_ALL, _NEURON_KEY, "?", "")
 _PG_SAMPLE = _upsert_sql("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, "", "wl_tmp_sample_stats")
 _PG_NEURON = _upsert_sql("neuron_stats", _NEURON_ALL, _NEURON_KEY, "", "wl_tmp_neuron_stats")
@@ -70,7 +79,7 @@ _PG_TRUNCATE = {"sample_stats": "TRUNCATE wl_tmp_sample_stats", "neuron_stats": 
 def _column(values: Any, nullable: bool, kind: type) -> list[Any]:
     """A column as Python values, NaN (or a masked entry) as None."""
     arr = np.asarray(values)
-    if nullable and arr.dtype.kind == "f":
+    if nullable and arr.dtype.kind == "f" and np.isnan(arr).any():
         out = arr.astype(object)
         nan = np.isnan(arr)
         if kind is int:
@@ -105,9 +114,34 @@ def upsert_sample_stats(
     if n == 0:
         return 0
     cols = [_column(columns[c], *_SAMPLE_KINDS[c]) for c in SAMPLE_COLUMNS]
-    rows = list(zip([experiment_id] * n, [split] * n, *cols))
-    _bulk(conn, "sample_stats", rows)
+    if conn.dialect.name == "sqlite":
+        _sqlite_samples(conn, experiment_id, split, cols, n)
+    else:
+        _bulk(conn, "sample_stats", list(zip([experiment_id] * n, [split] * n, *cols)))
     return n
+
+
+def _sqlite_samples(conn: Connection, experiment_id: int, split: str, cols: list[list[Any]], n: int) -> None:
+    """Sample rows as multi-row upserts whose parameters are sliced from one flat, row-major list."""
+    width = len(cols)
+    flat: list[Any] = [None] * (n * width)
+    for j, col in enumerate(cols):
+        flat[j::width] = col
+    k = SQLITE_ROWS_PER_STATEMENT
+    full = n - n % k
+    head = [experiment_id, split]
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    cur = driver.cursor()
+    try:
+        if full:
+            cur.executemany(_SQLITE_SAMPLE_BULK,
+                            (head + flat[i * width:(i + k) * width] for i in range(0, full, k)))
+        if full < n:
+            cur.executemany(_SQLITE_SAMPLE_ONE,
+                            (head + flat[i * width:(i + 1) * width] for i in range(full, n)))
+    finally:
+        cur.close()
 
 
 def upsert_neuron_stats(conn: Connection, experiment_id: int, rows: Sequence[Sequence[Any]]) -> int:
@@ -124,13 +158,7 @@ def _bulk(conn: Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
     if conn.dialect.name == "sqlite":
         cur = driver.cursor()
         try:
-            if table == "sample_stats" and len(rows) >= _SQLITE_STAGE_MIN_ROWS:
-                cur.execute(_SQLITE_STAGE)
-                cur.executemany(_SQLITE_STAGE_INSERT, rows)
-                cur.execute(_SQLITE_MERGE)
-                cur.execute(_SQLITE_STAGE_CLEAR)
-            else:
-                cur.executemany(_SQLITE_SAMPLE if table == "sample_stats" else _SQLITE_NEURON, rows)
+            cur.executemany(_SQLITE_NEURON, rows)
         finally:
             cur.close()
         return

@@ -9,6 +9,7 @@ offset), so their SHA-256 names the tensor's content.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import sys
@@ -66,6 +67,11 @@ def header_prefix(dtype: str, shape: list[int]) -> bytes:
     The padding puts the values at an aligned offset, so a blob read into a buffer
     decodes in place (no copy); it depends only on dtype and shape.
     """
+    return _header_prefix(dtype, tuple(shape))
+
+
+@functools.lru_cache(maxsize=4096)
+def _header_prefix(dtype: str, shape: tuple[int, ...]) -> bytes:
     header = json.dumps({"dtype": dtype, "shape": shape}, separators=(",", ":"), sort_keys=True).encode("ascii")
     header += b" " * (-(8 + len(header)) % _ALIGN)
     return MAGIC + struct.pack("<I", len(header)) + header

@@ -93,14 +93,33 @@ class LedgeredDataset(Dataset, Observable):
     def __getitem__(self, index: int) -> tuple[Any, Any, int]:
         i = operator.index(index)
         item = self._wrapped[i]
+        self._check_pair(i, item)
+        x, y = item
+        return x, y, i + self._size if i < 0 else i
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any, int]]:
+        """A batch of items, as DataLoader asks for them: one call per batch, not one per sample.
+
+        Uses the wrapped dataset's own ``__getitems__`` (a batched fetch) when it has one.
+        """
+        fetch = getattr(self._wrapped, "__getitems__", None)
+        items = fetch(indices) if callable(fetch) else [self._wrapped[i] for i in indices]
         try:
-            x, y = item
+            return [(x, y, i + self._size if i < 0 else i) for (x, y), i in zip(items, map(operator.index, indices),
+                                                                                 strict=True)]
+        except (TypeError, ValueError):
+            for i, item in zip(indices, items):  # find the item at fault and say what is wrong with it
+                self._check_pair(operator.index(i), item)
+            raise
+
+    def _check_pair(self, i: int, item: Any) -> None:
+        try:
+            _, _ = item
         except (TypeError, ValueError) as e:
             raise LedgerError(
                 f"item {i} of {type(self._wrapped).__name__} is not an (input, label) pair; "
                 "wrap a dataset whose items are (input, label)"
             ) from e
-        return x, y, i + self._size if i < 0 else i
 
     def __getstate__(self) -> dict[str, Any]:
         # A DataLoader worker needs only the items; statistics and observers stay here.

@@ -60,7 +60,7 @@ class LedgerSampler(Sampler[int]):
         self._shuffle = bool(shuffle)
         self._generator = torch.Generator()
         self._generator.manual_seed(self._seed)
-        self._perm: list[int] | None = None  # the current epoch's order; None between epochs
+        self._perm: np.ndarray | None = None  # the current epoch's order (read-only int64); None between epochs
         self._consumed = 0  # positions of _perm handed out or skipped
         self._epoch = 0  # epochs started
 
@@ -84,14 +84,15 @@ class LedgerSampler(Sampler[int]):
             self._start_epoch()
         perm = self._perm
         assert perm is not None
+        order = perm.tolist()  # Python ints: one conversion per iterator, not one per sample
         stats = self._dataset.stats
-        while self._consumed < len(perm):
+        while self._consumed < len(order):
             if self._perm is not perm:
                 raise LedgerError(
                     "the sampler's state was restored or a new epoch began while this iterator was "
                     "running; start a new iterator (iter(loader)) to continue from the restored state"
                 )
-            i = perm[self._consumed]
+            i = order[self._consumed]
             self._consumed += 1
             if stats.deny_listed[i]:  # denied after the epoch began: skip it now
                 continue
@@ -103,7 +104,7 @@ class LedgerSampler(Sampler[int]):
         allowed = torch.from_numpy(self._dataset.allowed_ids())
         if self._shuffle:
             allowed = allowed[torch.randperm(len(allowed), generator=self._generator)]
-        self._perm = allowed.tolist()
+        self._perm = _frozen(allowed.numpy())
         self._consumed = 0
         self._epoch += 1
 
@@ -134,7 +135,7 @@ class LedgerSampler(Sampler[int]):
         """
         if self._perm is None:
             raise LedgerError("no epoch is in progress; iterate first")
-        hits = np.flatnonzero(np.asarray(self._perm, dtype=np.int64) == int(sample_id))
+        hits = np.flatnonzero(self._perm == int(sample_id))
         if len(hits) == 0:
             raise LedgerError(f"sample id {sample_id} is not in the current epoch's permutation")
         return int(hits[0]) + 1
@@ -152,7 +153,7 @@ class LedgerSampler(Sampler[int]):
             "seed": np.array(self._seed, np.int64),
             "shuffle": np.array(self._shuffle, np.bool_),
             "generator_state": self._generator.get_state().numpy().copy(),
-            "permutation": np.asarray(self._perm if self._perm is not None else [], dtype=np.int64),
+            "permutation": self._perm if self._perm is not None else np.zeros(0, np.int64),  # read-only
             "in_epoch": np.array(self._perm is not None, np.bool_),
             "consumed": np.array(self._consumed, np.int64),
             "epoch": np.array(self._epoch, np.int64),
@@ -191,6 +192,13 @@ class LedgerSampler(Sampler[int]):
         self._seed = int(np.asarray(arrays["seed"]))
         self._shuffle = bool(np.asarray(arrays["shuffle"]))
         self._generator = generator
-        self._perm = perm.tolist() if in_epoch else None
+        self._perm = _frozen(perm.copy()) if in_epoch else None
         self._consumed = consumed
         self._epoch = int(np.asarray(arrays["epoch"]))
+
+
+def _frozen(perm: np.ndarray) -> np.ndarray:
+    """The permutation as a read-only int64 array: state_arrays hands it out without a copy."""
+    out = np.ascontiguousarray(perm, dtype=np.int64)
+    out.flags.writeable = False
+    return out
