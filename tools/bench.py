@@ -48,20 +48,23 @@ RESULTS: list[dict[str, Any]] = []
 
 
 def record(name: str, baseline: float | None, subject: float, unit: str, target: str, ok: bool | None,
-           note: str = "", ratio: float | None = None) -> None:
+           note: str = "", ratio: float | None = None, runs: dict[str, list[float]] | None = None) -> None:
     if ratio is None:
         ratio = subject / baseline if baseline else None
     RESULTS.append({"scenario": name, "baseline": baseline, "weightslab": subject, "ratio": ratio, "unit": unit,
-                    "target": target, "met": ok, "note": note})
+                    "target": target, "met": ok, "note": note, **({"runs": runs} if runs else {})})
     r = f"{ratio:.3f}" if ratio is not None else "-"
     b = f"{baseline:.4g}" if baseline is not None else "-"
     print(f"  {name:<34}{b:>11}{subject:>12.4g} {unit:<6}{r:>8}  {target:<10}{'' if ok is None else ('met' if ok else 'MISSED')}"
           f"  {note}", flush=True)
 
 
-def alternate(reps: int, base: Callable[[], float], subject: Callable[[], float]) -> tuple[float, float, float]:
+Measured = tuple[float, float, float, list[float], list[float]]
+
+
+def alternate(reps: int, base: Callable[[], float], subject: Callable[[], float]) -> Measured:
     """Run both sides ``reps`` times, adjacent in time, in ABBA order (so slow drift of the machine
-    cancels); returns (median baseline, median subject, median of the per-pair ratios)."""
+    cancels); returns (median baseline, median subject, median of the per-pair ratios, the runs)."""
     b, s = [], []
     for i in range(reps):
         if i % 2 == 0:
@@ -70,15 +73,15 @@ def alternate(reps: int, base: Callable[[], float], subject: Callable[[], float]
         else:
             s.append(subject())
             b.append(base())
-    return statistics.median(b), statistics.median(s), statistics.median(x / y for x, y in zip(s, b))
+    return statistics.median(b), statistics.median(s), statistics.median(x / y for x, y in zip(s, b)), b, s
 
 
-def compare(name: str, measured: tuple[float, float, float], limit: float, note: str = "",
-            at_least: bool = False) -> None:
+def compare(name: str, measured: Measured, limit: float, note: str = "", at_least: bool = False) -> None:
     """Record a side-by-side timing: the ratio is the median of per-pair ratios (target ≤ or ≥ ``limit``)."""
-    base, subj, ratio = measured
+    base, subj, ratio, b_runs, s_runs = measured
     ok = ratio >= limit if at_least else ratio <= limit
-    record(name, base, subj, "s", f"{'≥' if at_least else '≤'} {limit:g}", ok, note, ratio=ratio)
+    record(name, base, subj, "s", f"{'≥' if at_least else '≤'} {limit:g}", ok, note, ratio=ratio,
+           runs={"baseline": [round(x, 5) for x in b_runs], "weightslab": [round(x, 5) for x in s_runs]})
 
 
 # -- training overhead -------------------------------------------------------------------------------
@@ -177,7 +180,7 @@ def scenario_train_resnet18(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as store:
         plain()
-        m = alternate(max(2, args.reps // 2), plain,
+        m = alternate(max(3, args.reps // 2), plain,
                       lambda: _experiment_loop(_resnet_ops, ds, ev, 64, n_steps, n_steps, store))
     compare("train resnet18 (1 call)", m, 1.05, f"{n_steps} steps, batch 64, 32×32")
 
@@ -222,7 +225,7 @@ def _dump_load(args: argparse.Namespace, label: str, make_model: Callable[[], An
             second = exp.chkpt_manager.last_dump_bytes
             total = sum(t.numel() * t.element_size() for t in exp.model.state_dict().values())
             record("second dump after 1-layer edit", float(total), float(second), "bytes", "changed only",
-                   second < total / 100, f"model state {total:,} B; first dump wrote {first:,} B")
+                   second < total / 100, f"model state {total:,} B; the dump before it wrote {first:,} B")
         exp.close()
         exp.store.close()
 
@@ -369,11 +372,11 @@ SCENARIOS = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repetitions (a smoke run)")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions per side (default 5, quick 2)")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per side (default 7, quick 2)")
     ap.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), help="run only these scenarios")
     ap.add_argument("--json", default="bench.json", help="where to write the results (default bench.json)")
     args = ap.parse_args()
-    args.reps = args.reps or (2 if args.quick else 5)
+    args.reps = args.reps or (2 if args.quick else 7)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, " \
               f"torch {torch.__version__}, python {platform.python_version()}"
     print(f"WeightsLab benchmarks on {machine}")

@@ -57,3 +57,20 @@ def test_a_forked_child_hashes_on_threads_of_its_own():
     proc.join(10)
     expected = hashlib.sha256(b"x" * PARALLEL_MIN_BYTES + b"y" * 10).hexdigest()
     assert digests == [expected, expected]
+
+
+def test_hashing_from_inside_a_hashing_thread_does_not_wait_on_its_own_pool():
+    import threading
+
+    big = (b"z" * PARALLEL_MIN_BYTES,)
+    expected = hashlib.sha256(big[0]).hexdigest()
+    result: list[list[list[str]]] = []
+
+    def nested() -> None:
+        result.append(balanced_map(lambda _: sha256_many([big, big]), [0, 1, 2], [PARALLEL_MIN_BYTES] * 3))
+
+    worker = threading.Thread(target=nested, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "nested hashing deadlocked"
+    assert result == [[[expected, expected]] * 3]

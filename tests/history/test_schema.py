@@ -92,3 +92,39 @@ def test_a_store_at_revision_0001_is_refused_then_upgraded_by_the_cli(store_targ
     with Store.open(store_target) as s:
         indexes = {ix["name"] for ix in inspect(s.engine).get_indexes("sample_stats")}
         assert "ix_sample_stats_loss" not in indexes
+
+
+def test_sample_stats_rows_live_in_the_key_order_tree_on_sqlite(store):
+    from sqlalchemy import inspect
+
+    options = inspect(store.engine).get_table_options("sample_stats")
+    if store.engine.dialect.name == "sqlite":
+        assert options.get("sqlite_with_rowid") is False  # WITHOUT ROWID (revision 0003)
+    else:
+        assert "sqlite_with_rowid" not in options
+
+
+def test_upgrading_a_0002_store_keeps_its_sample_rows(store_target):
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from weightslab.history.locate import make_engine, resolve_store
+
+    engine = make_engine(resolve_store(store_target))
+    with engine.begin() as conn:
+        command.upgrade(migrate.alembic_config(conn), "0002")
+        conn.execute(text("INSERT INTO experiments (name, created_at) VALUES ('old', '2026-01-01 00:00:00+00')"))
+        conn.execute(text("INSERT INTO sample_stats VALUES (1, 'train', 7, 640, 0.25, 2, false, 3, 4), "
+                          "(1, 'eval', 7, 640, NULL, 1, true, NULL, 5)"))
+    with engine.begin() as conn:
+        command.upgrade(migrate.alembic_config(conn), "head")
+        rows = conn.execute(text("SELECT split, sample_id, prediction_age, prediction_loss, exposure_amount, "
+                                 "deny_listed, prediction, label FROM sample_stats ORDER BY split")).fetchall()
+        options = inspect(conn).get_table_options("sample_stats")
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("eval", 7, 640, None, 1, True, None, 5),
+                                        ("train", 7, 640, 0.25, 2, False, 3, 4)]
+    if engine.dialect.name == "sqlite":
+        assert options.get("sqlite_with_rowid") is False
+    with Store.open(store_target) as s:
+        assert s.query("SELECT COUNT(*) AS n FROM sample_stats")["n"].iloc[0] == 2

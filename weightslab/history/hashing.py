@@ -28,9 +28,20 @@ Parts = tuple[bytes | bytearray | memoryview, ...]
 #: Below this many bytes in all, everything is hashed in the calling thread.
 PARALLEL_MIN_BYTES = 4 << 20
 
+_THREAD_PREFIX = "weightslab-hash"
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child inherits the pool object but none of its threads (nor a sane lock)."""
+    global _lock, _pool
+    _lock = threading.Lock()
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _workers() -> int:
@@ -38,12 +49,11 @@ def _workers() -> int:
 
 
 def _executor() -> ThreadPoolExecutor:
-    """The shared pool (rebuilt in a forked child, whose copy has no threads)."""
-    global _pool, _pool_pid
+    """The shared pool, started on first use."""
+    global _pool
     with _lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(max_workers=_workers() - 1, thread_name_prefix="weightslab-hash")
-            _pool_pid = os.getpid()
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_workers() - 1, thread_name_prefix=_THREAD_PREFIX)
         return _pool
 
 
@@ -62,7 +72,8 @@ def balanced_map(fn: Callable[[T], R], items: Sequence[T], sizes: Sequence[int])
     """
     out: list[Any] = [None] * len(items)
     workers = _workers()
-    if workers < 2 or len(items) < 2 or sum(sizes) < PARALLEL_MIN_BYTES:
+    nested = threading.current_thread().name.startswith(_THREAD_PREFIX)  # a pool thread must not wait on its pool
+    if nested or workers < 2 or len(items) < 2 or sum(sizes) < PARALLEL_MIN_BYTES:
         for i, item in enumerate(items):
             out[i] = fn(item)
         return out
