@@ -103,3 +103,13 @@ def test_a_batch_fetch_names_an_item_that_is_not_a_pair():
     assert [item[2] for item in ds.__getitems__([0, 1])] == [0, 1]
     with pytest.raises(LedgerError, match="item 2 of Triples is not an .input, label. pair"):
         ds.__getitems__([1, 2, 3])
+
+
+def test_a_batch_fetch_that_returns_the_wrong_number_of_items_is_named():
+    class Short(TensorDataset):
+        def __getitems__(self, indices):
+            return [(self.tensors[0][i], self.tensors[1][i]) for i in indices[:-1]]
+
+    ds = LedgeredDataset(Short(torch.arange(6.0), torch.arange(6)), "train")
+    with pytest.raises(LedgerError, match=r"Short.__getitems__ returned 2 items for 3 indices"):
+        ds.__getitems__([0, 1, 2])

@@ -172,9 +172,9 @@ class BlobStore:
                 datas = self._read_rows(c, digests)
         else:
             datas = self._read_rows(conn, digests)
-        for digest, actual in zip(digests, sha256_many([(d,) for d in datas])):
+        for digest, data, actual in zip(digests, datas, sha256_many([(d,) for d in datas])):
             if actual != digest:
-                _verify(digest, datas[digests.index(digest)])  # raises, naming the damaged blob
+                _verify(digest, data)  # raises, naming the damaged blob
         return datas
 
     def _file_size(self, digest: str) -> int:

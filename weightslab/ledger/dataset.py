@@ -92,9 +92,7 @@ class LedgeredDataset(Dataset, Observable):
 
     def __getitem__(self, index: int) -> tuple[Any, Any, int]:
         i = operator.index(index)
-        item = self._wrapped[i]
-        self._check_pair(i, item)
-        x, y = item
+        x, y = self._pair(i, self._wrapped[i])
         return x, y, i + self._size if i < 0 else i
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any, int]]:
@@ -102,24 +100,31 @@ class LedgeredDataset(Dataset, Observable):
 
         Uses the wrapped dataset's own ``__getitems__`` (a batched fetch) when it has one.
         """
+        positions = [operator.index(i) for i in indices]
         fetch = getattr(self._wrapped, "__getitems__", None)
-        items = fetch(indices) if callable(fetch) else [self._wrapped[i] for i in indices]
+        items = fetch(positions) if callable(fetch) else [self._wrapped[i] for i in positions]
+        if len(items) != len(positions):
+            raise LedgerError(
+                f"{type(self._wrapped).__name__}.__getitems__ returned {len(items)} items for "
+                f"{len(positions)} indices; it must return one item per index"
+            )
+        size = self._size
         try:
-            return [(x, y, i + self._size if i < 0 else i) for (x, y), i in zip(items, map(operator.index, indices),
-                                                                                 strict=True)]
+            return [(x, y, i + size if i < 0 else i) for (x, y), i in zip(items, positions)]
         except (TypeError, ValueError):
-            for i, item in zip(indices, items):  # find the item at fault and say what is wrong with it
-                self._check_pair(operator.index(i), item)
+            for i, item in zip(positions, items):  # find the item at fault and say what is wrong with it
+                self._pair(i, item)
             raise
 
-    def _check_pair(self, i: int, item: Any) -> None:
+    def _pair(self, i: int, item: Any) -> tuple[Any, Any]:
         try:
-            _, _ = item
+            x, y = item
         except (TypeError, ValueError) as e:
             raise LedgerError(
                 f"item {i} of {type(self._wrapped).__name__} is not an (input, label) pair; "
                 "wrap a dataset whose items are (input, label)"
             ) from e
+        return x, y
 
     def __getstate__(self) -> dict[str, Any]:
         # A DataLoader worker needs only the items; statistics and observers stay here.
