@@ -40,7 +40,7 @@ from torch import optim
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_experiment import PlainMNISTModel, synthetic  # noqa: E402
+from bench_models import PlainMNISTModel, synthetic  # noqa: E402
 
 from weightslab import Experiment, convert_to_ops  # noqa: E402
 from weightslab.demo import MNISTModel  # noqa: E402
