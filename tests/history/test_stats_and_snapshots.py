@@ -89,3 +89,35 @@ def test_sample_upserts_are_exact_around_the_rows_per_statement(store, n):
         np.testing.assert_array_equal(got, np.asarray(second[column], dtype=float), err_msg=column)
     assert df["exposure_amount"].tolist() == second["exposure_amount"].tolist()
     assert df["deny_listed"].astype(bool).tolist() == second["deny_listed"].tolist()
+
+
+def test_snapshot_writer_reuses_the_blob_of_unchanged_rows_and_rewrites_it_after_a_rollback(store):
+    from weightslab.history.snapshots import SnapshotWriter
+
+    e = store.create_experiment("a").experiment_id
+    store.append_event(e, "dump", {}, expected_last_seq=0)
+    frame = pd.DataFrame(_columns(500)).set_index("sample_id")
+    builds: list[int] = []
+
+    def build() -> pd.DataFrame:
+        builds.append(1)
+        return frame
+
+    writer = SnapshotWriter(store.blobs)
+    with store.transaction() as conn:
+        first = writer.write(conn, e, "sample_stats", 1, "digest-1", build)
+    with store.transaction() as conn:
+        second = writer.write(conn, e, "sample_stats", 1, "digest-1", build)
+    assert len(builds) == 1  # the same rows: the second snapshot names the first one's blob
+    blobs = store.query("SELECT blob_hash FROM snapshots WHERE experiment_id = :e ORDER BY snapshot_id", {"e": e})
+    assert blobs["blob_hash"].nunique() == 1 and second == first + 1
+
+    # a transaction that rolls back takes a new blob with it: the writer must not name it later
+    other = frame.assign(exposure_amount=frame["exposure_amount"] + 1)
+    with pytest.raises(RuntimeError), store.transaction() as conn:
+        writer.write(conn, e, "sample_stats", 1, "digest-2", lambda: other)
+        raise RuntimeError("rolled back")
+    with store.transaction() as conn:
+        third = writer.write(conn, e, "sample_stats", 1, "digest-2", lambda: other)
+    pd.testing.assert_frame_equal(store.read_snapshot(third), other)
+    pd.testing.assert_frame_equal(store.read_snapshot(first), frame)

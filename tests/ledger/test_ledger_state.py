@@ -42,12 +42,30 @@ def test_state_loads_into_a_fresh_wrapper_of_the_same_dataset(synth_seen):
     assert fresh.get_dataframe()["prediction_loss"].isna().sum() == 60_000 - SEEN
 
 
-def test_loading_marks_every_sample_dirty_and_discards_undrained_history(synth_seen):
+def test_loading_marks_dirty_the_samples_it_changes_and_discards_undrained_history(synth_seen):
     saved = synth_seen.state_arrays()
     synth_seen.update_batch(torch.arange(10), torch.zeros(10), torch.zeros(10), torch.zeros(10), 5)
+    synth_seen.take_dirty_ids()  # as if flushed: SQL holds the trained values of 0..9
+    synth_seen.denylist_samples({20})  # changed, not yet flushed
     synth_seen.load_state_arrays(saved)
-    assert len(synth_seen.take_dirty_ids()) == 60_000
+    # 0..9 go back to their saved values and 20 is allowed again: only their rows must be written
+    np.testing.assert_array_equal(synth_seen.take_dirty_ids(), [*range(10), 20])
     assert all(len(v) == 0 for v in synth_seen.drain_history().values())
+
+
+def test_loading_an_unchanged_state_marks_nothing_but_keeps_what_was_dirty(synth_seen):
+    synth_seen.update_batch(torch.tensor([4, 2]), torch.ones(2), torch.ones(2), torch.ones(2), 7)
+    synth_seen.load_state_arrays(synth_seen.state_arrays())
+    np.testing.assert_array_equal(synth_seen.take_dirty_ids(), [2, 4])
+    synth_seen.load_state_arrays(synth_seen.state_arrays())
+    assert len(synth_seen.take_dirty_ids()) == 0
+
+
+def test_a_nan_loss_reloaded_bit_for_bit_is_not_a_change(synth_seen):
+    """Never-seen samples hold NaN losses: NaN != NaN must not make every one of them dirty."""
+    assert np.isnan(synth_seen.stats.prediction_loss).sum() == 60_000 - SEEN
+    synth_seen.load_state_arrays(synth_seen.state_arrays())
+    assert len(synth_seen.take_dirty_ids()) == 0
 
 
 def test_loading_does_not_notify_observers(synth_seen):

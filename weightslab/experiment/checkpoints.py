@@ -9,9 +9,12 @@ the state exactly (rebuilding layer widths), keeping the same optimizer.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from sqlalchemy import Connection, select
 
@@ -23,11 +26,12 @@ from weightslab.history.blobs import check_hash
 from weightslab.history.lineage import Lineage, build_lineage
 from weightslab.history.schema import Checkpoint
 from weightslab.history.tensorcodec import decode_tensor, encode_tensor_parts
+from weightslab.ledger.stats import STAT_COLUMNS
 
 if TYPE_CHECKING:
     from weightslab.experiment.experiment import Experiment
 
-__all__ = ["CheckpointManager", "parse_manifest", "read_manifest", "snapshot_frames", "write_state"]
+__all__ = ["CheckpointManager", "parse_manifest", "read_manifest", "snapshot_frames", "snapshot_sources", "write_state"]
 
 MANIFEST_FORMAT = "weightslab.state/1"
 
@@ -46,7 +50,10 @@ def write_state(exp: Experiment, conn: Connection) -> tuple[str, str, dict[str, 
 
 def manifest_fingerprint(exp: Experiment, manifest_hash: str) -> tuple[str, dict[str, str]]:
     """The state hash (and per-group hashes) of the state a manifest describes, without its tensors."""
-    manifest = _manifest(exp, manifest_hash)
+    return _fingerprint(_manifest(exp, manifest_hash))
+
+
+def _fingerprint(manifest: dict[str, Any]) -> tuple[str, dict[str, str]]:
     return state_hash(manifest["tensors"]), group_hashes(manifest["tensors"])
 
 
@@ -100,11 +107,16 @@ def parse_manifest(raw: bytes, name: str = "manifest") -> dict[str, Any]:
 
 def read_manifest(exp: Experiment, manifest_hash: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load and verify a manifest and every tensor it names (no pickle anywhere)."""
+    manifest, tensors = _read_state(exp, manifest_hash)
+    return tensors, manifest["meta"]
+
+
+def _read_state(exp: Experiment, manifest_hash: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The parsed manifest and its verified, decoded tensors."""
     manifest = _manifest(exp, manifest_hash)
     names = list(manifest["tensors"])
     datas = exp.store.blobs.get_many([check_hash(manifest["tensors"][n]) for n in names])
-    tensors = {name: decode_tensor(data) for name, data in zip(names, datas)}
-    return tensors, manifest["meta"]
+    return manifest, {name: decode_tensor(data) for name, data in zip(names, datas)}
 
 
 class CheckpointManager:
@@ -171,12 +183,14 @@ class CheckpointManager:
         if isinstance(checkpoint_id, bool) or not isinstance(checkpoint_id, int):
             raise ConfigurationError(f"checkpoint_id must be an integer, got {checkpoint_id!r}")
         manifest_hash = self.manifest_of(checkpoint_id)
-        tensors, meta = read_manifest(exp, manifest_hash)  # verify everything before changing anything
-        exp._restore(tensors, meta)
+        manifest, tensors = _read_state(exp, manifest_hash)  # verify everything before changing anything
+        exp._restore(tensors, manifest["meta"])
         self.head = checkpoint_id
-        # the restored state is exactly the manifest's: its fingerprint needs no second pass over the tensors
+        # The restored state is exactly the manifest's: its fingerprint needs no second pass over the
+        # tensors. The ledger marked the samples whose statistics the restore changed: only their rows
+        # are written again.
         exp._recorder.append("load", {"checkpoint_id": checkpoint_id, "manifest": manifest_hash},
-                             flush_all=True, fingerprint=manifest_fingerprint(exp, manifest_hash))
+                             fingerprint=_fingerprint(manifest))
 
     def lineage(self) -> Lineage:
         return build_lineage(self._exp.name, self._exp.store.events(self._exp._experiment_id))
@@ -188,17 +202,36 @@ class CheckpointManager:
         return f"<CheckpointManager of {self._exp.name!r}: checkpoints {self.ids()}>"
 
 
-def snapshot_frames(exp: Experiment) -> dict[str, Any]:
-    """DataFrames for the Parquet snapshots: sample stats, neuron stats, sample history."""
+def snapshot_sources(exp: Experiment) -> dict[str, tuple[str, Callable[[], Any]]]:
+    """Per snapshot table (``sample_stats``, ``neuron_stats``): a digest of the arrays its rows are
+    built from (SHA-256; equal digests mean equal rows) and the function that builds its DataFrame."""
     import pandas as pd
 
-    frames = {}
-    parts = []
-    for split, ds, _ in exp._splits():
-        df = ds.get_dataframe().reset_index()
-        df.insert(0, "split", split)
-        parts.append(df)
-    frames["sample_stats"] = pd.concat(parts, ignore_index=True)
-    frames["neuron_stats"] = exp._neuron_frame()
-    return frames
+    splits = exp._splits()
+    rows = hashlib.sha256(b"weightslab.snapshot/sample_stats/1")
+    for split, ds, _ in splits:
+        rows.update(f"\0{split}\0{len(ds)}".encode())
+        for name in STAT_COLUMNS:
+            rows.update(np.ascontiguousarray(getattr(ds.stats, name)))
 
+    def samples() -> Any:
+        parts = []
+        for split, ds, _ in splits:
+            df = ds.get_dataframe().reset_index()
+            df.insert(0, "split", split)
+            parts.append(df)
+        return pd.concat(parts, ignore_index=True)
+
+    counters = exp._neuron_counters()
+    neurons = hashlib.sha256(b"weightslab.snapshot/neuron_stats/1")
+    for li, lname, split, trig, seen in counters:
+        neurons.update(f"\0{li}\0{lname}\0{split}\0{len(trig)}\0".encode())
+        neurons.update(np.ascontiguousarray(trig, dtype=np.int64))
+        neurons.update(np.ascontiguousarray(seen, dtype=np.int64))
+    return {"sample_stats": (rows.hexdigest(), samples),
+            "neuron_stats": (neurons.hexdigest(), lambda: exp._neuron_frame(counters))}
+
+
+def snapshot_frames(exp: Experiment) -> dict[str, Any]:
+    """DataFrames for the Parquet snapshots of sample stats and neuron stats."""
+    return {table: build() for table, (_, build) in snapshot_sources(exp).items()}

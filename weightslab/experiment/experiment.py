@@ -31,15 +31,17 @@ from weightslab import __version__
 from weightslab.errors import ConfigurationError
 from weightslab.events.record import OperationRecord
 from weightslab.experiment import capture as capture_mod
-from weightslab.experiment.checkpoints import CheckpointManager, snapshot_frames, write_state
+from weightslab.experiment.checkpoints import CheckpointManager, snapshot_sources, write_state
 from weightslab.experiment.config import ExperimentConfig
 from weightslab.experiment.criterion import Criterion, check_criterion, default_criterion
 from weightslab.experiment.recorder import Recorder
 from weightslab.experiment.rng import capture_rng
 from weightslab.experiment.tensorboard import TensorBoardLog
 from weightslab.history.eventlog import EventRow
+from weightslab.history.snapshots import SnapshotWriter
 from weightslab.history.store import Store
 from weightslab.ledger import LedgeredDataset, LedgerSampler
+from weightslab.ledger.batching import collate
 from weightslab.surgery import NetworkWithOps, TrackingMode
 
 __all__ = ["Experiment"]
@@ -151,12 +153,14 @@ class Experiment:
         # Loaders get their own generator: starting an iterator then draws its worker seed from it,
         # not from torch's global RNG, so when iterators are (re)started cannot change training.
         self._loader_generator = torch.Generator().manual_seed(seed)
+        # collate: a TensorDataset's batch arrives already collated (see weightslab.ledger.batching)
         self.train_loader = DataLoader(self._train_ds, batch_size=batch_size, sampler=self._train_sampler,
                                        num_workers=workers, pin_memory=self.device.type == "cuda",
-                                       generator=self._loader_generator)
+                                       generator=self._loader_generator, collate_fn=collate)
         self.eval_loader = DataLoader(self._eval_ds, batch_size=self.config.eval_batch_size or batch_size,
                                       sampler=self._eval_sampler, num_workers=workers,
-                                      pin_memory=self.device.type == "cuda", generator=self._loader_generator)
+                                      pin_memory=self.device.type == "cuda", generator=self._loader_generator,
+                                      collate_fn=collate)
         self._train_iter: Iterator[Any] | None = None
         self._eval_iter: Iterator[Any] | None = None
         self._history_chunks: list[pd.DataFrame] = []  # per-pass rows awaiting the next snapshot
@@ -164,6 +168,7 @@ class Experiment:
 
         self.store = store if isinstance(store, Store) else Store.open(store)
         self.chkpt_manager = CheckpointManager(self)
+        self._snapshot_writer = SnapshotWriter(self.store.blobs)
         self._tb: TensorBoardLog | None = None
         self._tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else None
         try:
@@ -313,9 +318,10 @@ class Experiment:
                             getattr(layer, f"{split}_seen_count").cpu().numpy()))
         return out
 
-    def _neuron_frame(self) -> pd.DataFrame:
-        """All neuron counters as the rows of ``neuron_stats`` (for snapshots)."""
-        counters = self._neuron_counters()
+    def _neuron_frame(self, counters: list[tuple[int, str, str, np.ndarray, np.ndarray]] | None = None
+                      ) -> pd.DataFrame:
+        """All neuron counters (default: the current ones) as the rows of ``neuron_stats`` (for snapshots)."""
+        counters = self._neuron_counters() if counters is None else counters
         sizes = [len(trig) for _, _, _, trig, _ in counters]
 
         def repeat(values: list[Any]) -> np.ndarray:
@@ -491,7 +497,8 @@ class Experiment:
     def _full_eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         allowed = self._eval_ds.allowed_ids().tolist()
         loader = DataLoader(self._eval_ds, batch_size=self.eval_loader.batch_size, sampler=allowed,
-                            num_workers=self.config.num_workers, generator=self._loader_generator)
+                            num_workers=self.config.num_workers, generator=self._loader_generator,
+                            collate_fn=collate)
         for batch in loader:
             yield self._to_device(batch)
 
@@ -533,8 +540,7 @@ class Experiment:
         if row.kind not in ("train", "eval"):
             tb = self._tensorboard()
             tb.marker(row.seq, summary, self.model_age)
-            tb.widths(self._widths(), self.model_age)
-            tb.flush()
+            tb.widths(self._widths(), self.model_age)  # on disk within FLUSH_SECS, and at close()
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._flush_pending_history()  # the passes made so far happened: keep them for the next snapshot
@@ -556,13 +562,14 @@ class Experiment:
                 self._history_chunks.append(df)
 
     def _write_snapshots(self, conn: Any, seq: int) -> None:
-        frames = snapshot_frames(self)
+        # statistics unchanged since their last snapshot are not encoded again (SnapshotWriter)
+        for table, (digest, build) in snapshot_sources(self).items():
+            self._snapshot_writer.write(conn, self._experiment_id, table, seq, digest, build)
         self._flush_pending_history()
         if self._history_chunks:
-            frames["sample_history"] = pd.concat(self._history_chunks, ignore_index=True)
+            frame = pd.concat(self._history_chunks, ignore_index=True)
+            self.store.write_snapshot(self._experiment_id, "sample_history", seq, frame, conn=conn)
             self._history_chunks = []
-        for table, frame in frames.items():
-            self.store.write_snapshot(self._experiment_id, table, seq, frame, conn=conn)
 
     # ------------------------------------------------------------------ TensorBoard
 

@@ -143,6 +143,10 @@ class BlobStore:
         with self._engine.begin() as conn:
             return self.put_many(conn, [data])[0]
 
+    def known(self, conn: Connection, digest: str) -> bool:
+        """Whether the store has blob ``digest`` (as seen by ``conn``'s transaction)."""
+        return conn.scalar(select(Blob.size).where(Blob.hash == digest)) is not None
+
     def exists(self, digest: str) -> bool:
         check_hash(digest)
         with self._engine.connect() as conn:

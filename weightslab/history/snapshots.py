@@ -9,6 +9,7 @@ seq it reflects. ``weightslab export`` writes them out as named files.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -20,7 +21,7 @@ from weightslab.errors import IntegrityError
 from weightslab.history.blobs import BlobStore
 from weightslab.history.schema import Snapshot
 
-__all__ = ["parquet_bytes", "read_parquet_bytes", "register_snapshot"]
+__all__ = ["SnapshotWriter", "parquet_bytes", "read_parquet_bytes", "register_snapshot"]
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
@@ -45,10 +46,44 @@ def register_snapshot(
 ) -> int:
     """Store ``frame`` as a Parquet blob and register it; returns the snapshot id."""
     (digest,) = blobs.put_many(conn, [parquet_bytes(frame)])
+    return _register(conn, experiment_id, table_name, event_seq, digest, len(frame))
+
+
+def _register(conn: Connection, experiment_id: int, table_name: str, event_seq: int, blob_hash: str,
+              rows: int) -> int:
     result = conn.execute(
         Snapshot.__table__.insert().values(
             experiment_id=experiment_id, table_name=table_name, event_seq=event_seq,
-            blob_hash=digest, rows=len(frame), created_at=datetime.now(UTC),
+            blob_hash=blob_hash, rows=rows, created_at=datetime.now(UTC),
         ).returning(Snapshot.__table__.c.snapshot_id)
     )
     return int(result.scalar_one())
+
+
+class SnapshotWriter:
+    """Writes one experiment's snapshots, remembering what each table's last snapshot held.
+
+    The caller names the rows by a digest of the arrays they are built from. When a
+    table's digest equals that of its last snapshot and the store still has that
+    snapshot's blob, the new snapshot row names the same Parquet blob: nothing is
+    encoded, hashed or written again (a dump right after a load or an edit of the
+    model leaves the statistics as they were).
+    """
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self._blobs = blobs
+        self._last: dict[str, tuple[str, str, int]] = {}  # table -> (rows digest, blob hash, row count)
+
+    def write(self, conn: Connection, experiment_id: int, table_name: str, event_seq: int, rows_digest: str,
+              build: Callable[[], pd.DataFrame]) -> int:
+        """Register a snapshot of ``table_name`` (``build()`` gives its frame); returns the snapshot id."""
+        last = self._last.get(table_name)
+        # the blob check also covers a transaction that rolled back after the last write
+        if last is not None and last[0] == rows_digest and self._blobs.known(conn, last[1]):
+            _, blob_hash, rows = last
+        else:
+            frame = build()
+            (blob_hash,) = self._blobs.put_many(conn, [parquet_bytes(frame)])
+            rows = len(frame)
+        self._last[table_name] = (rows_digest, blob_hash, rows)
+        return _register(conn, experiment_id, table_name, event_seq, blob_hash, rows)

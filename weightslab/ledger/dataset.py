@@ -14,7 +14,7 @@ from __future__ import annotations
 import numbers
 import operator
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from weightslab.errors import ConfigurationError, LedgerError
 from weightslab.events.record import EventKind, Observable, OperationRecord
+from weightslab.ledger.batching import read_tensor_batch, reads_in_batches
 from weightslab.ledger.fingerprint import dataset_fingerprint
 from weightslab.ledger.selection import (
     SamplePredicate,
@@ -74,6 +75,7 @@ class LedgeredDataset(Dataset, Observable):
         self._split = split
         self._size = size
         self._stats: SampleStats | None = SampleStats(size)
+        self._batched = reads_in_batches(dataset)  # a plain TensorDataset: read a batch with one index
 
     # ------------------------------------------------------------------ dataset protocol
 
@@ -95,12 +97,19 @@ class LedgeredDataset(Dataset, Observable):
         x, y = self._pair(i, self._wrapped[i])
         return x, y, i + self._size if i < 0 else i
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any, int]]:
+    def __getitems__(self, indices: list[int]) -> Sequence[tuple[Any, Any, int]]:
         """A batch of items, as DataLoader asks for them: one call per batch, not one per sample.
 
-        Uses the wrapped dataset's own ``__getitems__`` (a batched fetch) when it has one.
+        A plain ``TensorDataset`` is read with one index per tensor and comes back already
+        collated (a :class:`~weightslab.ledger.batching.CollatedBatch`, still a sequence of
+        items); otherwise the wrapped dataset's own ``__getitems__`` (a batched fetch) is used
+        when it has one, else its items are read one by one.
         """
         positions = [operator.index(i) for i in indices]
+        if self._batched:
+            size = self._size
+            if all(-size <= i < size for i in positions):
+                return read_tensor_batch(self._wrapped, [i + size if i < 0 else i for i in positions])
         fetch = getattr(self._wrapped, "__getitems__", None)
         items = fetch(positions) if callable(fetch) else [self._wrapped[i] for i in positions]
         if len(items) != len(positions):
@@ -128,7 +137,8 @@ class LedgeredDataset(Dataset, Observable):
 
     def __getstate__(self) -> dict[str, Any]:
         # A DataLoader worker needs only the items; statistics and observers stay here.
-        return {"_wrapped": self._wrapped, "_split": self._split, "_size": self._size, "_stats": None}
+        return {"_wrapped": self._wrapped, "_split": self._split, "_size": self._size, "_stats": None,
+                "_batched": self._batched}
 
     def fingerprint(self) -> str:
         """``"<length>:<sha256>"`` of the wrapped dataset's length and a few items (cheap)."""

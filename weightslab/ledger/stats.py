@@ -164,9 +164,10 @@ class SampleStats:
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Replace every column with ``arrays`` (as from :meth:`state_arrays`), exactly.
 
-        All samples are then marked dirty (the restored values must reach SQL)
-        and the undrained pass log is discarded (its rows described the
-        replaced state; drain it first to keep them).
+        The samples whose values this changes are marked dirty (their restored
+        values must reach SQL; samples already dirty stay dirty), and the
+        undrained pass log is discarded (its rows described the replaced
+        state; drain it first to keep them).
 
         Raises:
             LedgerError: a column missing, of another length, or not castable
@@ -187,14 +188,22 @@ class SampleStats:
                 raise LedgerError(f"ledger state column {name!r} has dtype {value.dtype}, expected {dtype}")
             loaded[name] = value.astype(dtype, copy=True)
         for name, value in loaded.items():
+            self._dirty |= _differs(getattr(self, name), value)
             setattr(self, name, value)
-        self._dirty[:] = True
         self._log.clear()
 
     def nbytes(self) -> int:
         """Bytes held by the columns, the dirty mask and the pass log."""
         cols = sum(getattr(self, name).nbytes for name in STAT_COLUMNS)
         return cols + self._dirty.nbytes + self._log.nbytes()
+
+
+def _differs(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Element-wise: do the bits differ (NaN equals NaN of the same payload; -0.0 differs from 0.0)?"""
+    if old.dtype.kind == "f":
+        as_int = np.dtype(f"u{old.dtype.itemsize}")
+        return old.view(as_int) != new.view(as_int)
+    return old != new
 
 
 def _batch_to_numpy(
