@@ -17,14 +17,14 @@ from weightslab.history.audit import audit_experiment, audit_store, events_frame
 
 
 def _remove_blob(built: Built, digest: str) -> None:
-    if built.store.blobs.mode == "files":
+    if built.store.blobs.in_file(digest):
         built.store.blobs.path_of(digest).unlink()
     else:
         tamper(built.store, "DELETE FROM blob_contents WHERE hash = :h", {"h": digest})
 
 
 def _corrupt_blob(built: Built, digest: str) -> None:
-    if built.store.blobs.mode == "files":
+    if built.store.blobs.in_file(digest):
         path = built.store.blobs.path_of(digest)
         data = bytearray(path.read_bytes())
         data[-1] ^= 0xFF

@@ -41,11 +41,37 @@ def test_corrupted_blob_file_is_refused(tmp_path):
     from weightslab.history.store import Store
 
     with Store.open(tmp_path / "s") as s:
-        digest = s.blobs.put(b"important bytes")
+        data = b"important bytes" * 10_000  # larger than INLINE_MAX: a file
+        digest = s.blobs.put(data)
+        assert s.blobs.in_file(digest)
         path = s.blobs.path_of(digest)
-        path.write_bytes(b"important bytez")
+        path.write_bytes(data[:-1] + b"z")
         with pytest.raises(IntegrityError, match="damaged"):
             s.blobs.get(digest)
+
+
+def test_small_blobs_of_a_files_store_are_database_rows_and_verified_too(tmp_path):
+    from sqlalchemy import text
+
+    from weightslab.history.blobs import INLINE_MAX
+    from weightslab.history.store import Store
+
+    with Store.open(tmp_path / "s") as s:
+        small, large = b"s" * INLINE_MAX, b"l" * (INLINE_MAX + 1)
+        with s.transaction() as conn:
+            d_small, d_large = s.blobs.put_many(conn, [small, large])
+        assert not s.blobs.in_file(d_small) and not s.blobs.path_of(d_small).exists()
+        assert s.blobs.in_file(d_large) and s.blobs.path_of(d_large).read_bytes() == large
+        assert s.blobs.get_many([d_large, d_small, d_large]) == [large, small, large]
+        assert s.blobs.bytes_written == len(small) + len(large)
+        with s.engine.begin() as conn:
+            conn.execute(text("UPDATE blob_contents SET data = :d WHERE hash = :h"), {"d": b"tampered", "h": d_small})
+        with pytest.raises(IntegrityError, match=f"blob {d_small} is damaged"):
+            s.blobs.get_many([d_large, d_small])
+        with s.engine.begin() as conn:
+            conn.execute(text("DELETE FROM blob_contents WHERE hash = :h"), {"h": d_small})
+        with pytest.raises(BlobNotFoundError, match=d_small):
+            s.blobs.get(d_small)
 
 
 def test_corrupted_blob_row_is_refused(pg_url):
@@ -131,7 +157,7 @@ def test_get_many_returns_every_blob_verified_and_names_a_damaged_one(store):
         digests = store.blobs.put_many(conn, datas)
     assert store.blobs.get_many(digests[::-1]) == datas[::-1]
     damaged = digests[4]
-    if store.blobs.mode == "files":
+    if store.blobs.in_file(damaged):
         path = store.blobs.path_of(damaged)
         raw = bytearray(path.read_bytes())
         raw[100] ^= 1
@@ -142,3 +168,13 @@ def test_get_many_returns_every_blob_verified_and_names_a_damaged_one(store):
     with pytest.raises(IntegrityError, match=f"blob {damaged} is damaged"):
         store.blobs.get_many(digests)
     assert store.blobs.get_many(digests[:4]) == datas[:4]
+
+
+def test_a_blob_asked_for_twice_comes_back_as_two_buffers(store):
+    """Tensors decode onto the buffers without a copy: two equal tensors must not share memory."""
+    zeros = encode_tensor(torch.zeros(3))
+    with store.transaction() as conn:
+        (digest,) = store.blobs.put_many(conn, [zeros])
+    a, b = (decode_tensor(x) for x in store.blobs.get_many([digest, digest]))
+    a += 1
+    assert torch.equal(b, torch.zeros(3)) and torch.equal(a, torch.ones(3))

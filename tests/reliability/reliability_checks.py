@@ -14,7 +14,7 @@ from sqlalchemy import select
 from weightslab.events.codec import canonical_json
 from weightslab.experiment.capture import capture
 from weightslab.experiment.state import tensor_hashes
-from weightslab.history.schema import Blob, Checkpoint, Snapshot
+from weightslab.history.schema import Blob, BlobContent, Checkpoint, Snapshot
 from weightslab.history.store import Store
 from weightslab.history.tensorcodec import decode_tensor
 
@@ -104,9 +104,12 @@ def check_store(target: str, name: str, committed: tuple[int, str] | None, verif
                                  .where(Snapshot.experiment_id == exp_id)).all()
             registered = list(conn.scalars(select(Blob.hash)))
         facts.blobs = len(registered)
-        if store.location.root is not None:  # files mode: a registered blob always has its file
-            missing = [h for h in registered if not store.blobs.path_of(h).exists()]
-            assert not missing, f"registered blobs without a file: {missing[:3]}"
+        with store.reading() as conn:
+            rows = set(conn.scalars(select(BlobContent.hash)))
+        # a registered blob always has its bytes: a row (database mode, small blobs) or a file
+        missing = [h for h in registered if h not in rows
+                   and (store.location.root is None or not store.blobs.path_of(h).exists())]
+        assert not missing, f"registered blobs without their bytes: {missing[:3]}"
         facts.checkpoints, facts.snapshots = len(chk), len(snaps)
         dumps = {e.payload["checkpoint_id"]: e for e in events if e.kind == "dump"}
         assert sorted(dumps) == sorted(c.checkpoint_id for c in chk), "dump events and checkpoint rows disagree"

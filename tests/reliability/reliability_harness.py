@@ -115,6 +115,7 @@ def arm(phase: str, fp: Failpoint) -> None:
     elif phase == "resume":  # re-applying the events after the last checkpoint on reopen
         after(replay, "apply_event")
     elif phase == "blob-rename":  # a blob fully written to blobs/tmp, not yet renamed into place
+        blobs.INLINE_MAX = 0  # the test model's blobs are small: make every one a file
         real_os = blobs.os
 
         class _Os:
@@ -127,6 +128,7 @@ def arm(phase: str, fp: Failpoint) -> None:
 
         blobs.os = _Os()  # type: ignore[assignment]
     elif phase == "blob-partial":  # half of a blob's bytes written to its temporary file
+        blobs.INLINE_MAX = 0
         import builtins
 
         class _HalfFile:

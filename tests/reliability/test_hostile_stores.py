@@ -97,7 +97,7 @@ class Recorded:
     def rewrite_blob(self, digest: str, mutate: Callable[[bytes], bytes]) -> None:
         """Change a stored blob's bytes in place (its name no longer matches)."""
         path = self.store.blobs.path_of(digest)
-        if path is not None:
+        if self.store.blobs.in_file(digest):
             path.write_bytes(mutate(path.read_bytes()))
             return
         with self.store.transaction() as conn:
@@ -106,7 +106,7 @@ class Recorded:
 
     def remove_blob(self, digest: str) -> None:
         path = self.store.blobs.path_of(digest)
-        if path is not None:
+        if self.store.blobs.in_file(digest):
             path.unlink()
             return
         with self.store.transaction() as conn:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from weightslab.errors import ConfigurationError, IntegrityError
 from weightslab.events.codec import canonical_json
@@ -150,8 +150,10 @@ class CheckpointManager:
     def dump(self) -> int:
         """Save a checkpoint of the whole state; returns its id (0, 1, 2, ...)."""
         exp = self._exp
-        existing = self.ids()
-        cid = (max(existing) + 1) if existing else 0
+        with exp.store.reading() as conn:
+            last = conn.scalar(select(func.max(Checkpoint.checkpoint_id))
+                               .where(Checkpoint.experiment_id == exp._experiment_id))
+        cid = 0 if last is None else last + 1
         parent = self.head
         exp._recorder.wait()
         exp._flush_pending_history()

@@ -14,6 +14,7 @@ checkpoint manifest proves the state hash recorded with its event.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -62,7 +63,27 @@ def tensor_hashes(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
 
 def state_hash(hashes: Mapping[str, str]) -> str:
     """The fingerprint of a whole state, from its per-tensor hashes."""
-    return hashlib.sha256(canonical_json(dict(hashes)).encode()).hexdigest()
+    return hashlib.sha256(_names_json(hashes).encode()).hexdigest()
+
+
+def _names_json(hashes: Mapping[str, str]) -> str:
+    """``canonical_json(hashes)`` for a flat map of text to text, without the general walk over values.
+
+    Names and hashes are plain text; anything else (or text the general encoder would refuse or
+    change) goes through :func:`canonical_json` itself, so the output is always the same.
+    """
+    if all(type(k) is str and type(v) is str and "\x00" not in k and (k.isascii() or _utf8(k)) and v.isascii()
+           and "\x00" not in v for k, v in hashes.items()):
+        return json.dumps(dict(hashes), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return canonical_json(dict(hashes))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def group_hashes(hashes: Mapping[str, str], groups: Iterable[str] = GROUPS) -> dict[str, str]:

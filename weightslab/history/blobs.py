@@ -5,6 +5,10 @@ Two homes for the bytes, one interface:
 - ``files``: ``<root>/blobs/ab/abcdef...`` beside the SQLite database (the local
   default). A blob is written to a temporary file, fsynced, then renamed into
   place, so a crash never leaves a file whose bytes do not match its name.
+  Blobs of at most :data:`INLINE_MAX` bytes (a small model's tensors, manifests,
+  RNG states, snapshots of small tables) are rows of ``blob_contents`` instead:
+  they commit with the event that names them, without a file, an fsync and a
+  rename each.
 - ``database``: the ``blob_contents`` table (PostgreSQL's default), so every
   machine that reaches the database reaches the blobs.
 
@@ -33,6 +37,11 @@ from weightslab.history.schema import Blob, BlobContent
 __all__ = ["BlobStore", "blob_hash", "check_hash"]
 
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+
+#: In a files store, blobs of at most this many bytes are kept in the database (``blob_contents``).
+#: SQLite reads and writes blobs this small faster than the file system does, and a dump of a small
+#: model then costs one transaction instead of a file, an fsync and a rename per tensor.
+INLINE_MAX = 64 * 1024
 
 
 # A blob's bytes, whole or as consecutive parts (a header and a tensor's memory: no concatenation copy).
@@ -109,7 +118,10 @@ class BlobStore:
         return removed
 
     def path_of(self, digest: str) -> Path | None:
-        """The file holding a blob (files mode), else None."""
+        """Where blob ``digest``'s file is (or would be) in a files store, else None.
+
+        Small blobs are rows of ``blob_contents`` even in a files store: see :meth:`in_file`.
+        """
         if self._dir is None:
             return None
         check_hash(digest)
@@ -130,12 +142,13 @@ class BlobStore:
         known = set(conn.scalars(select(Blob.hash).where(Blob.hash.in_(list(new)))))
         now = datetime.now(UTC)
         todo = {h: d for h, d in new.items() if h not in known}
+        rows = todo
         if self._dir is not None:
-            self._write_files(todo)
+            self._write_files({h: d for h, d in todo.items() if _size(d) > INLINE_MAX})
+            rows = {h: d for h, d in todo.items() if _size(d) <= INLINE_MAX}
         insert_ignore(conn, Blob, [{"hash": h, "size": _size(d), "created_at": now} for h, d in todo.items()])
         self.bytes_written += sum(_size(d) for d in todo.values())
-        if self._dir is None:
-            insert_ignore(conn, BlobContent, [{"hash": h, "data": b"".join(_parts(d))} for h, d in todo.items()])
+        insert_ignore(conn, BlobContent, [{"hash": h, "data": b"".join(_parts(d))} for h, d in rows.items()])
         return hashes
 
     def put(self, data: BlobData) -> str:
@@ -169,17 +182,38 @@ class BlobStore:
             IntegrityError: a blob's bytes do not hash to its name (the store is damaged).
         """
         digests = [check_hash(d) for d in digests]
-        if self._dir is not None:  # each thread reads and verifies its share of the files
-            return balanced_map(self._read_file, digests, [self._file_size(d) for d in digests])
+        if not digests:
+            return []
         if conn is None:
             with self._engine.connect() as c:
-                datas = self._read_rows(c, digests)
+                rows = self._read_rows(c, digests)
         else:
-            datas = self._read_rows(conn, digests)
-        for digest, data, actual in zip(digests, datas, sha256_many([(d,) for d in datas])):
+            rows = self._read_rows(conn, digests)
+        missing = [d for d in dict.fromkeys(digests) if d not in rows]
+        if missing and self._dir is None:
+            raise BlobNotFoundError(f"blob {missing[0]} is missing from the database store")
+        inline = list(rows.items())
+        for (digest, data), actual in zip(inline, sha256_many([(d,) for _, d in inline])):
             if actual != digest:
                 _verify(digest, data)  # raises, naming the damaged blob
-        return datas
+        if missing:  # each thread reads and verifies its share of the files
+            rows.update(zip(missing, balanced_map(self._read_file, missing, [self._file_size(d) for d in missing])))
+        # Buffers are writable (tensors decode onto them without a copy), so a blob asked for twice
+        # (two zero tensors, say) comes back as two buffers: decoded tensors never share memory.
+        out: list[bytes | bytearray] = []
+        handed: set[str] = set()
+        for d in digests:
+            out.append(bytearray(rows[d]) if d in handed else rows[d])
+            handed.add(d)
+        return out
+
+    def in_file(self, digest: str) -> bool:
+        """Whether blob ``digest`` is a file under ``blobs/`` (not a row of ``blob_contents``)."""
+        check_hash(digest)
+        if self._dir is None:
+            return False
+        with self._engine.connect() as conn:
+            return conn.scalar(select(BlobContent.hash).where(BlobContent.hash == digest)) is None
 
     def _file_size(self, digest: str) -> int:
         try:
@@ -207,17 +241,15 @@ class BlobStore:
         _verify(digest, data)
         return data
 
-    def _read_rows(self, conn: Connection, digests: list[str]) -> list[bytes | bytearray]:
-        found: dict[str, bytes] = {}
+    def _read_rows(self, conn: Connection, digests: list[str]) -> dict[str, bytes | bytearray]:
+        """The blobs among ``digests`` that are rows of ``blob_contents`` (unverified)."""
+        found: dict[str, bytes | bytearray] = {}
         unique = list(dict.fromkeys(digests))
         for start in range(0, len(unique), 500):  # bounded IN lists
             chunk = unique[start:start + 500]
             for h, raw in conn.execute(select(BlobContent.hash, BlobContent.data).where(BlobContent.hash.in_(chunk))):
-                found[h] = bytes(raw)
-        missing = [d for d in unique if d not in found]
-        if missing:
-            raise BlobNotFoundError(f"blob {missing[0]} is missing from the database store")
-        return [found[d] for d in digests]
+                found[h] = bytearray(raw)  # writable: tensors decode without a copy
+        return found
 
     def _write_files(self, blobs: dict[str, BlobData]) -> None:
         """Write blobs atomically: all to temporary files, fsync them, then rename into place.

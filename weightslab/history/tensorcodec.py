@@ -132,7 +132,7 @@ def decode_tensor(blob: bytes | bytearray | memoryview) -> torch.Tensor:
     numel = 1
     for s in shape:
         numel *= s
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     if len(data) != numel * itemsize:
         raise IntegrityError(
             f"tensor data is {len(data)} bytes, expected {numel * itemsize} for {dtype_name}{shape}; "
