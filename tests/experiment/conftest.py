@@ -16,8 +16,11 @@ def digits():
 
 
 @pytest.fixture
-def make_exp(digits, store_target):
-    """Build experiments on the parametrized store (SQLite dir / PostgreSQL schema)."""
+def make_exp(digits, store_target, tmp_path):
+    """Build experiments on the parametrized store (SQLite dir / PostgreSQL schema).
+
+    TensorBoard logs go to the test's own folder (beside a PostgreSQL store they would
+    otherwise go to ./store/tensorboard and pile up across runs)."""
     made = []
 
     def make(name: str = "x0", *, model=None, store=None, **kw) -> Experiment:
@@ -25,7 +28,7 @@ def make_exp(digits, store_target):
         train_ds, eval_ds = digits
         args = dict(model=model or MNISTModel(), optimizer_class=optim.Adam, train_dataset=train_ds,
                     eval_dataset=eval_ds, device="cpu", learning_rate=1e-2, batch_size=64, name=name,
-                    store=store or store_target)
+                    store=store or store_target, tensorboard_dir=str(tmp_path / "tb" / name))
         args.update(kw)
         exp = Experiment(**args)
         made.append(exp)

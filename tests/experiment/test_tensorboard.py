@@ -5,8 +5,8 @@ from __future__ import annotations
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
-def test_curves_widths_histograms_and_operation_markers_are_logged(make_exp):
-    exp = make_exp("tb")
+def test_curves_widths_histograms_and_operation_markers_are_logged(make_exp, tmp_path):
+    exp = make_exp("tb", tensorboard_dir=str(tmp_path / "tb"))  # fresh: no curves of earlier runs
     exp.train_n_steps(3)
     exp.eval_full()
     exp.model.add_neurons(layer_index=0, neuron_count=2)
@@ -21,7 +21,10 @@ def test_curves_widths_histograms_and_operation_markers_are_logged(make_exp):
         assert tag in tags["scalars"], tag
     train_loss = acc.Scalars("train/loss")
     assert train_loss[0].step == exp.model_age == 3 * 64
-    assert [round(s.value) for s in acc.Scalars("neurons/layer_0")][-1] == 4
+    widths = acc.Scalars("neurons/layer_0")
+    assert [round(s.value) for s in widths][-1] == 4
+    # add, deny, dump and load all happen at the same model age: one point per width and step
+    assert len({(s.step, s.value) for s in widths}) == len(widths) == 2
     assert any(t.startswith("trigger_rate/layer_0/") for t in tags["histograms"])
     markers = [e.tensor_proto.string_val[0].decode() for e in acc.Tensors("operations/text_summary")]
     text = "\n".join(markers)

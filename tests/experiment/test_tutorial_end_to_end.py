@@ -182,7 +182,7 @@ REOPEN = textwrap.dedent("""
 """)
 
 
-def test_reopen_in_a_fresh_process_continues_from_the_recorded_state(make_exp, store_target):
+def test_reopen_in_a_fresh_process_continues_from_the_recorded_state(make_exp, store_target, tmp_path):
     exp = make_exp("reopen")
     exp.train_n_steps(6)
     exp.dump()
@@ -190,7 +190,7 @@ def test_reopen_in_a_fresh_process_continues_from_the_recorded_state(make_exp, s
     exp.train_n_steps(3)
     age, w0 = exp.model_age, float(exp.model.layers[0].weight.detach().double().sum())
     out = subprocess.run([sys.executable, "-c", REOPEN, store_target, "reopen"], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, cwd=tmp_path).stdout  # its TensorBoard logs land under tmp_path
     lines = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
     assert int(lines["AGE"]) == age
     assert lines["WIDTHS"] == "[4, 4, 10, 10]"

@@ -66,3 +66,28 @@ def test_four_processes_write_different_experiments_without_lock_errors(store_ta
         for e in s.list_experiments():
             assert [ev.seq for ev in s.events(e.experiment_id)] == list(range(1, 26))
             assert s.verify_chain(e.experiment_id).ok
+
+
+def test_an_open_read_neither_blocks_a_writer_nor_sees_its_uncommitted_rows(tmp_path):
+    """On SQLite, Store.reading() takes no write lock (a deferred BEGIN in WAL mode)."""
+    import threading
+
+    target = str(tmp_path / "s")
+    with Store.open(target) as reader, Store.open(target) as writer:
+        exp = writer.create_experiment("r").experiment_id
+        with reader.reading() as conn:
+            assert reader.last_seq(exp) == 0
+            conn.exec_driver_sql("SELECT COUNT(*) FROM events").all()  # the read transaction is open now
+            done = threading.Event()
+
+            def write() -> None:
+                writer.append_event(exp, "train", {"i": 1}, expected_last_seq=0)
+                done.set()
+
+            thread = threading.Thread(target=write)
+            thread.start()
+            assert done.wait(10), "the writer waited for an open read"
+            thread.join()
+            # the open read keeps its snapshot; a new one sees the event
+            assert conn.exec_driver_sql("SELECT COUNT(*) FROM events").scalar() == 0
+        assert reader.last_seq(exp) == 1

@@ -340,3 +340,21 @@ def test_tensors_decoded_in_place_are_aligned_whatever_the_header_length(dtype) 
         back = decode_tensor(bytearray(encode_tensor(t)))
         assert back.data_ptr() % back.element_size() == 0
         assert torch.equal(torch.empty_like(back).copy_(back), t)
+
+
+@FAST
+@given(st.dictionaries(st.text(), st.one_of(st.text(), st.integers(), st.floats(allow_nan=False)), max_size=8))
+def test_state_hash_is_the_hash_of_the_canonical_json_of_its_map(hashes):
+    """state_hash skips the general payload walk for text maps: same bytes, same refusals."""
+    from weightslab.experiment.state import group_hashes, state_hash
+
+    try:
+        expected = hashlib.sha256(canonical_json(hashes).encode()).hexdigest()
+    except EventPayloadError:
+        with pytest.raises(EventPayloadError):
+            state_hash(hashes)
+        return
+    assert state_hash(hashes) == expected
+    named = {f"model/{k}": v for k, v in hashes.items() if isinstance(v, str)}
+    assert group_hashes(named)["model"] == hashlib.sha256(canonical_json(named).encode()).hexdigest()
+

@@ -93,15 +93,19 @@ def _check_text(text: str, path: str) -> str:
     return text
 
 
-def canonical_json(value: Any) -> str:
+def canonical_json(value: Any, *, normalised: bool = False) -> str:
     """Encode ``value`` as canonical JSON text (sorted keys, compact, finite numbers).
+
+    ``normalised=True`` says ``value`` is already what :func:`normalise` returns (it is
+    idempotent), so the walk over it is skipped; the text is the same.
 
     Example:
         >>> canonical_json({"b": 1, "a": {3, 1}})
         '{"a":[1,3],"b":1}'
     """
     return json.dumps(
-        normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        value if normalised else normalise(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+        allow_nan=False,
     )
 
 
@@ -115,11 +119,13 @@ def decode_payload(text: str | Mapping[str, Any]) -> dict[str, Any]:
     return value
 
 
-def chain_hash(fields: Mapping[str, Any], prev_hash: str | None) -> str:
+def chain_hash(fields: Mapping[str, Any], prev_hash: str | None, *, normalised: bool = False) -> str:
     """SHA-256 (hex) over an event's canonical content and the previous event's hash.
 
     ``fields`` are the event's recorded columns (seq, kind, payload, time, ...);
     changing any of them, or the order of events, changes every later hash.
+    ``normalised=True``: ``fields`` already went through :func:`normalise`.
     """
-    body = canonical_json({"event": dict(fields), "prev_hash": prev_hash})
+    body = canonical_json({"event": dict(fields), "prev_hash": prev_hash},
+                          normalised=normalised and (prev_hash is None or isinstance(prev_hash, str)))
     return hashlib.sha256(body.encode("utf-8")).hexdigest()

@@ -69,27 +69,27 @@ def state_hash(hashes: Mapping[str, str]) -> str:
 def _names_json(hashes: Mapping[str, str]) -> str:
     """``canonical_json(hashes)`` for a flat map of text to text, without the general walk over values.
 
-    Names and hashes are plain text; anything else (or text the general encoder would refuse or
-    change) goes through :func:`canonical_json` itself, so the output is always the same.
+    Text that the general encoder would refuse (a NUL, which JSON writes as an escape, or a lone
+    surrogate, which UTF-8 cannot hold) goes through :func:`canonical_json` itself, so the output,
+    or the error, is always the same.
     """
-    if all(type(k) is str and type(v) is str and "\x00" not in k and (k.isascii() or _utf8(k)) and v.isascii()
-           and "\x00" not in v for k, v in hashes.items()):
-        return json.dumps(dict(hashes), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if all(type(k) is str and type(v) is str for k, v in hashes.items()):
+        text = json.dumps(dict(hashes), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        if "\\u0000" not in text:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                pass
+            else:
+                return text
     return canonical_json(dict(hashes))
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def group_hashes(hashes: Mapping[str, str], groups: Iterable[str] = GROUPS) -> dict[str, str]:
     """Fingerprint per group (model, optim, ledger, sampler, rng), to say *what* differs."""
-    out = {}
-    for g in groups:
-        part = {k: v for k, v in hashes.items() if k.split("/", 1)[0] == g}
-        out[g] = state_hash(part)
-    return out
+    parts: dict[str, dict[str, str]] = {g: {} for g in groups}
+    for k, v in hashes.items():
+        part = parts.get(k.partition("/")[0])
+        if part is not None:
+            part[k] = v
+    return {g: state_hash(part) for g, part in parts.items()}

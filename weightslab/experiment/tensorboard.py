@@ -27,12 +27,18 @@ class TensorBoardLog:
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         self._writer = SummaryWriter(log_dir=str(self.logdir), flush_secs=FLUSH_SECS)
+        self._last_widths: tuple[tuple[int, ...], int] | None = None
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         for k, v in values.items():
             self._writer.add_scalar(f"{prefix}/{k}", v, global_step=step)
 
     def widths(self, widths: list[int], step: int) -> None:
+        """Log each layer's width at ``step`` (once: the same widths at the same step add no point)."""
+        key = (tuple(widths), step)
+        if key == self._last_widths:
+            return
+        self._last_widths = key
         for i, w in enumerate(widths):
             self._writer.add_scalar(f"neurons/layer_{i}", w, global_step=step)
 

@@ -27,11 +27,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, bindparam, select
 
 from weightslab.errors import BlobNotFoundError, IntegrityError, StoreError
 from weightslab.history.dialect import insert_ignore
 from weightslab.history.hashing import balanced_map, sha256_many
+from weightslab.history.locate import READS_OPTION
 from weightslab.history.schema import Blob, BlobContent
 
 __all__ = ["BlobStore", "blob_hash", "check_hash"]
@@ -42,6 +43,12 @@ _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 #: SQLite reads and writes blobs this small faster than the file system does, and a dump of a small
 #: model then costs one transaction instead of a file, an fsync and a rename per tensor.
 INLINE_MAX = 64 * 1024
+
+# Statements built once (an expanding IN list is bound per call): a dump or load reads and checks
+# blobs on every call, and building the statement each time cost more than running it.
+_KNOWN = select(Blob.__table__.c.hash).where(Blob.__table__.c.hash.in_(bindparam("hashes", expanding=True)))
+_ROWS = select(BlobContent.__table__.c.hash, BlobContent.__table__.c.data).where(
+    BlobContent.__table__.c.hash.in_(bindparam("hashes", expanding=True)))
 
 
 # A blob's bytes, whole or as consecutive parts (a header and a tensor's memory: no concatenation copy).
@@ -93,6 +100,10 @@ class BlobStore:
         self.mode = "files" if root is not None else "database"
         self.bytes_written = 0  # new blob bytes this process has stored (deduplicated ones excluded)
 
+    def _reading(self) -> Connection:
+        """A connection for reads only (on SQLite: a deferred BEGIN, no write lock)."""
+        return self._engine.connect().execution_options(**{READS_OPTION: True})
+
     def sweep_temporary(self, older_than_s: float = 3600.0) -> int:
         """Delete temporary files a killed writer left in ``blobs/tmp``; returns how many.
 
@@ -139,7 +150,7 @@ class BlobStore:
             new.setdefault(digest, data)
         if not new:
             return hashes
-        known = set(conn.scalars(select(Blob.hash).where(Blob.hash.in_(list(new)))))
+        known = set(conn.scalars(_KNOWN, {"hashes": list(new)}))
         now = datetime.now(UTC)
         todo = {h: d for h, d in new.items() if h not in known}
         rows = todo
@@ -162,7 +173,7 @@ class BlobStore:
 
     def exists(self, digest: str) -> bool:
         check_hash(digest)
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return conn.scalar(select(Blob.size).where(Blob.hash == digest)) is not None
 
     def get(self, digest: str, conn: Connection | None = None) -> bytes | bytearray:
@@ -185,7 +196,7 @@ class BlobStore:
         if not digests:
             return []
         if conn is None:
-            with self._engine.connect() as c:
+            with self._reading() as c:
                 rows = self._read_rows(c, digests)
         else:
             rows = self._read_rows(conn, digests)
@@ -212,7 +223,7 @@ class BlobStore:
         check_hash(digest)
         if self._dir is None:
             return False
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             return conn.scalar(select(BlobContent.hash).where(BlobContent.hash == digest)) is None
 
     def _file_size(self, digest: str) -> int:
@@ -247,7 +258,7 @@ class BlobStore:
         unique = list(dict.fromkeys(digests))
         for start in range(0, len(unique), 500):  # bounded IN lists
             chunk = unique[start:start + 500]
-            for h, raw in conn.execute(select(BlobContent.hash, BlobContent.data).where(BlobContent.hash.in_(chunk))):
+            for h, raw in conn.execute(_ROWS, {"hashes": chunk}):
                 found[h] = bytearray(raw)  # writable: tensors decode without a copy
         return found
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from weightslab.errors import ConcurrencyError
@@ -80,6 +80,10 @@ def _hashed_fields(seq: int, kind: str, payload: Any, created_at: datetime, stat
 
 
 _EV = Event.__table__
+# Built once: an event is appended on every operation.
+_LAST = (select(_EV.c.seq, _EV.c.hash).where(_EV.c.experiment_id == bindparam("experiment_id"))
+         .order_by(_EV.c.seq.desc()).limit(1))
+_INSERT = _EV.insert()
 
 
 def _row(e: Any) -> EventRow:
@@ -120,12 +124,7 @@ def append_event(
     ).first() if idempotency_key else None
     if existing is not None:
         return _row(existing)
-    last = conn.execute(
-        select(_EV.c.seq, _EV.c.hash)
-        .where(_EV.c.experiment_id == experiment_id)
-        .order_by(_EV.c.seq.desc())
-        .limit(1)
-    ).first()
+    last = conn.execute(_LAST, {"experiment_id": experiment_id}).first()
     last_seq, prev_hash = (last[0], last[1]) if last else (0, None)
     if last_seq != expected_last_seq:
         raise ConcurrencyError(
@@ -136,7 +135,9 @@ def append_event(
     seq = last_seq + 1
     created_at = datetime.now(UTC)
     actor = actor or default_actor()
-    digest = chain_hash(_hashed_fields(seq, kind, clean, created_at, state_hash, actor, code_version), prev_hash)
+    fields = normalise(_hashed_fields(seq, kind, None, created_at, state_hash, actor, code_version))
+    fields["payload"] = clean  # normalised above: the chain hash does not walk the payload again
+    digest = chain_hash(fields, prev_hash, normalised=True)
     values = dict(
         experiment_id=experiment_id, seq=seq, prev_seq=seq - 1 if seq > 1 else None, kind=kind,
         payload=clean, created_at=created_at, state_hash=state_hash, actor=actor,
@@ -144,7 +145,7 @@ def append_event(
     )
     try:
         with conn.begin_nested():
-            conn.execute(_EV.insert().values(**values))
+            conn.execute(_INSERT, values)
     except SAIntegrityError as e:
         raise ConcurrencyError(
             f"another writer appended seq {seq} to experiment {experiment_id} at the same time; "

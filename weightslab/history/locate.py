@@ -17,7 +17,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from weightslab.errors import StoreUnavailableError
 
-__all__ = ["StoreLocation", "make_engine", "resolve_store"]
+__all__ = ["READS_OPTION", "StoreLocation", "make_engine", "resolve_store"]
 
 DB_FILENAME = "weightslab.db"
 ENV_VAR = "WEIGHTSLAB_STORE"
@@ -25,6 +25,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # A literal, like every SQL text of the package (no SQL is built by formatting; a test checks it equals
 # SQLITE_BUSY_TIMEOUT_MS).
 _BUSY_TIMEOUT_PRAGMA = "PRAGMA busy_timeout = 30000"
+#: Execution option of connections that only read (``Store.reading``): a deferred ``BEGIN`` on SQLite.
+READS_OPTION = "weightslab_reads"
 
 
 @dataclass(frozen=True)
@@ -142,4 +144,7 @@ def _configure_sqlite(engine: Engine, *, read_only: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # pragma: no cover - exercised by every test
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        # Reads (Store.reading) take no write lock: in WAL mode they see a consistent snapshot and
+        # neither wait for nor hold up a writer.
+        reads = read_only or conn.get_execution_options().get(READS_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if reads else "BEGIN IMMEDIATE")

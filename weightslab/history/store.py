@@ -29,7 +29,7 @@ from weightslab.errors import (
 )
 from weightslab.history import eventlog, migrate, snapshots
 from weightslab.history.blobs import BlobStore
-from weightslab.history.locate import StoreLocation, make_engine, resolve_store
+from weightslab.history.locate import READS_OPTION, StoreLocation, make_engine, resolve_store
 from weightslab.history.schema import Experiment, Snapshot
 from weightslab.history.sqlfence import READ_ONLY_HINT, query_error, run_prepared, single_read_statement
 
@@ -127,8 +127,8 @@ class Store:
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
-        """A connection for reads."""
-        with translate_errors(self.describe()), self.engine.connect() as conn:
+        """A connection for reads (on SQLite it takes no write lock)."""
+        with translate_errors(self.describe()), self.engine.connect().execution_options(**{READS_OPTION: True}) as conn:
             yield conn
 
     # -- experiments -----------------------------------------------------------
