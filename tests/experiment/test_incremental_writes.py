@@ -107,3 +107,21 @@ def test_a_dump_with_unchanged_statistics_registers_the_same_snapshot_blobs(make
     stats = exp.store.read_snapshot(ids[-1])
     train = stats[stats["split"] == "train"].set_index("sample_id").drop(columns="split")
     pd.testing.assert_frame_equal(train, exp.train_loader.dataset.get_dataframe(), check_index_type=False)
+
+
+def test_after_a_whole_epoch_every_row_matches_the_ledger_and_unseen_rows_are_kept(make_exp):
+    """An epoch's flush writes every allowed sample; rows of samples it did not see (denied ones)
+    stay as they were."""
+    exp = make_exp("whole")
+    exp.train_loader.dataset.denylist_samples({0, 1, 2})  # rows with no pass yet
+    exp.train_n_steps(3)
+    exp.train_n_steps(len(exp.train_loader))  # every allowed sample
+    _assert_sql_matches_ledger(exp)
+    train = _sql_rows(exp, "train")
+    assert set(train.index) == set(range(len(exp.train_loader.dataset)))
+    assert train.loc[[0, 1, 2], "deny_listed"].astype(bool).all()
+    assert (train.loc[[0, 1, 2], "exposure_amount"] == 0).all()
+    exp.train_loader.dataset.allowlist_samples({1})
+    exp.train_n_steps(2)
+    _assert_sql_matches_ledger(exp)
+    assert not bool(_sql_rows(exp, "train").loc[1, "deny_listed"])
