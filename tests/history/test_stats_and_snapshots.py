@@ -121,3 +121,20 @@ def test_snapshot_writer_reuses_the_blob_of_unchanged_rows_and_rewrites_it_after
         third = writer.write(conn, e, "sample_stats", 1, "digest-2", lambda: other)
     pd.testing.assert_frame_equal(store.read_snapshot(third), other)
     pd.testing.assert_frame_equal(store.read_snapshot(first), frame)
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 700])
+def test_neuron_upserts_are_exact_around_the_rows_per_statement(store, n):
+    e = store.create_experiment("a").experiment_id
+    rows = [(i // 100, i % 100, "train" if i % 3 else "eval", f"layer{i // 100}", i * 7, 1000 + i) for i in range(n)]
+    with store.transaction() as conn:
+        assert upsert_neuron_stats(conn, e, rows) == n
+        assert upsert_neuron_stats(conn, e, [(r[0], r[1], r[2], r[3], r[4] + 1, r[5]) for r in rows[::2]]) \
+            == len(rows[::2])
+    df = store.query("SELECT layer_index, neuron_index, split, layer_name, trigger_count, seen_samples "
+                     "FROM neuron_stats WHERE experiment_id = :e", {"e": e})
+    got = sorted(map(tuple, df.itertuples(index=False)))
+    want = sorted((r[0], r[1], r[2], r[3], r[4] + (1 if i % 2 == 0 else 0), r[5]) for i, r in enumerate(rows))
+    assert got == want
+    with pytest.raises(ValueError, match="neuron row"), store.transaction() as conn:
+        upsert_neuron_stats(conn, e, [(0, 1, "train", "layer0", 5)])

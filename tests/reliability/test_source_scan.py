@@ -136,9 +136,9 @@ def test_the_allowlisted_sql_formats_constant_identifiers_only() -> None:
              for n in ast.walk(v.value) if isinstance(n, ast.Name)}
     # only the builder's parameters and module constants: never a value from a caller
     assert names <= {"table", "cols", "source", "values", "updates", "key", "c", "columns", "_SAMPLE_ALL",
-                     "_SAMPLE_KEY", "_NEURON_ALL"}, names
-    for statement in (stats._SQLITE_SAMPLE_BULK, stats._SQLITE_SAMPLE_ONE, stats._SQLITE_NEURON, stats._PG_SAMPLE,
-                      stats._PG_NEURON, *stats._PG_COPY.values()):
+                     "_SAMPLE_KEY", "_NEURON_ALL", "_NEURON_KEY", "NEURON_COLUMNS"}, names
+    for statement in (stats._SQLITE_SAMPLE_BULK, stats._SQLITE_SAMPLE_ONE, stats._SQLITE_NEURON_BULK,
+                      stats._SQLITE_NEURON_ONE, stats._PG_SAMPLE, stats._PG_NEURON, *stats._PG_COPY.values()):
         # identifiers and placeholders (?, ?1, ?2) only
         assert re.fullmatch(r"(?:[A-Za-z_ ,().=:]|\?\d*)+", statement), statement[:200]
     expected_pragma = f"PRAGMA busy_timeout = {locate.SQLITE_BUSY_TIMEOUT_MS}"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection, delete, tuple_
 
 from weightslab.errors import ReplayError
 from weightslab.events.record import OperationRecord
@@ -186,17 +186,19 @@ class Recorder:
         """Write the neuron rows that changed since the last write; returns the new written state."""
         written = dict(self._neurons_written)
         rows: list[tuple[int, int, str, str, int, int]] = []
+        rewrite: list[tuple[int, str]] = []
         for li, lname, split, trig, seen in self._exp._neuron_counters():
             prev = written.get((li, split))
             if prev is not None and len(prev[0]) == len(trig):
                 changed = np.flatnonzero((prev[0] != trig) | (prev[1] != seen))
             else:  # first write, or the layer's width changed: rewrite the layer
-                conn.execute(delete(NeuronStat).where(
-                    NeuronStat.experiment_id == self.experiment_id, NeuronStat.layer_index == li,
-                    NeuronStat.split == split))
+                rewrite.append((li, split))
                 changed = np.arange(len(trig))
             rows.extend(zip([li] * len(changed), changed.tolist(), [split] * len(changed), [lname] * len(changed),
                             trig[changed].tolist(), seen[changed].tolist()))
             written[(li, split)] = (trig.copy(), seen.copy())
+        if rewrite:  # one statement for every layer rewritten (a first write covers them all)
+            conn.execute(delete(NeuronStat).where(NeuronStat.experiment_id == self.experiment_id,
+                                                  tuple_(NeuronStat.layer_index, NeuronStat.split).in_(rewrite)))
         upsert_neuron_stats(conn, self.experiment_id, rows)
         return written

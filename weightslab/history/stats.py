@@ -1,7 +1,7 @@
 """Bulk upserts of the statistics tables (``sample_stats``, ``neuron_stats``).
 
 Statistics are flushed at event boundaries, tens of thousands of rows at a
-time, so the rows go in bulk. On SQLite, sample rows go as multi-row
+time, so the rows go in bulk. On SQLite, sample (and neuron) rows go as multi-row
 ``INSERT ... VALUES (…), (…), … ON CONFLICT DO UPDATE`` statements of
 :data:`SQLITE_ROWS_PER_STATEMENT` rows: the parameters are one flat list built
 column by column (no per-row Python tuples) and each statement's upserts run
@@ -15,6 +15,7 @@ never formatted into SQL.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -31,14 +32,11 @@ _SAMPLE_KEY = ("experiment_id", "split", "sample_id")
 _NEURON_KEY = ("experiment_id", "layer_index", "neuron_index", "split")
 
 
-def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str], placeholder: str, source: str) -> str:
+def _merge_sql(table: str, columns: Sequence[str], key: Sequence[str], source: str) -> str:
+    """PostgreSQL: merge the rows of temporary table ``source`` into ``table``."""
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
     cols = ", ".join(columns)
-    if source:
-        return (f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {source} "  # noqa: S608 - constants only
-                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
-    values = ", ".join([placeholder] * len(columns))
-    return (f"INSERT INTO {table} ({cols}) VALUES ({values}) "  # noqa: S608 - constants only
+    return (f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {source} "  # noqa: S608 - constants only
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 
 
@@ -58,11 +56,20 @@ def _sqlite_sample_upsert(rows: int) -> str:
             + ", ".join([row] * rows) + f" ON CONFLICT ({', '.join(_SAMPLE_KEY)}) DO UPDATE SET {updates}")
 
 
+def _sqlite_neuron_upsert(rows: int) -> str:
+    """The upsert of ``rows`` neuron rows: ``?1`` is the experiment id, then 6 values a row."""
+    row = "(?1, " + ", ".join(["?"] * len(NEURON_COLUMNS)) + ")"
+    updates = ", ".join(f"{c} = excluded.{c}" for c in NEURON_COLUMNS if c not in _NEURON_KEY)
+    return (f"INSERT INTO neuron_stats ({', '.join(_NEURON_ALL)}) VALUES "  # noqa: S608 - constants only
+            + ", ".join([row] * rows) + f" ON CONFLICT ({', '.join(_NEURON_KEY)}) DO UPDATE SET {updates}")
+
+
 _SQLITE_SAMPLE_BULK = _sqlite_sample_upsert(SQLITE_ROWS_PER_STATEMENT)
 _SQLITE_SAMPLE_ONE = _sqlite_sample_upsert(1)
-_SQLITE_NEURON = _upsert_sql("neuron_stats", _NEURON_ALL, _NEURON_KEY, "?", "")
-_PG_SAMPLE = _upsert_sql("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, "", "wl_tmp_sample_stats")
-_PG_NEURON = _upsert_sql("neuron_stats", _NEURON_ALL, _NEURON_KEY, "", "wl_tmp_neuron_stats")
+_SQLITE_NEURON_BULK = _sqlite_neuron_upsert(SQLITE_ROWS_PER_STATEMENT)
+_SQLITE_NEURON_ONE = _sqlite_neuron_upsert(1)
+_PG_SAMPLE = _merge_sql("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, "wl_tmp_sample_stats")
+_PG_NEURON = _merge_sql("neuron_stats", _NEURON_ALL, _NEURON_KEY, "wl_tmp_neuron_stats")
 _PG_TMP = {
     "sample_stats": "CREATE TEMP TABLE IF NOT EXISTS wl_tmp_sample_stats "
                     "(LIKE sample_stats INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
@@ -127,19 +134,23 @@ def _sqlite_samples(conn: Connection, experiment_id: int, split: str, cols: list
     flat: list[Any] = [None] * (n * width)
     for j, col in enumerate(cols):
         flat[j::width] = col
+    _sqlite_multirow(conn, _SQLITE_SAMPLE_BULK, _SQLITE_SAMPLE_ONE, [experiment_id, split], flat, width, n)
+
+
+def _sqlite_multirow(conn: Connection, bulk: str, one: str, head: list[Any], flat: list[Any], width: int,
+                     n: int) -> None:
+    """Run ``bulk`` (SQLITE_ROWS_PER_STATEMENT rows) and then ``one`` (a row) over ``n`` rows of ``width``
+    values in ``flat``, each statement's parameters prefixed with ``head``."""
     k = SQLITE_ROWS_PER_STATEMENT
     full = n - n % k
-    head = [experiment_id, split]
     driver = conn.connection.driver_connection
     assert driver is not None
     cur = driver.cursor()
     try:
         if full:
-            cur.executemany(_SQLITE_SAMPLE_BULK,
-                            (head + flat[i * width:(i + k) * width] for i in range(0, full, k)))
+            cur.executemany(bulk, (head + flat[i * width:(i + k) * width] for i in range(0, full, k)))
         if full < n:
-            cur.executemany(_SQLITE_SAMPLE_ONE,
-                            (head + flat[i * width:(i + 1) * width] for i in range(full, n)))
+            cur.executemany(one, (head + flat[i * width:(i + 1) * width] for i in range(full, n)))
     finally:
         cur.close()
 
@@ -148,20 +159,21 @@ def upsert_neuron_stats(conn: Connection, experiment_id: int, rows: Sequence[Seq
     """Insert or update neuron rows given as tuples in :data:`NEURON_COLUMNS` order."""
     if not rows:
         return 0
-    _bulk(conn, "neuron_stats", [(experiment_id, *r) for r in rows])
+    width = len(NEURON_COLUMNS)
+    flat = list(chain.from_iterable(rows))
+    if len(flat) != width * len(rows) or len(rows[0]) != width:
+        raise ValueError("each neuron row must hold the values of " + ", ".join(NEURON_COLUMNS))
+    if conn.dialect.name == "sqlite":  # multi-row upserts, as for samples (a ResNet has ~10^4 neurons)
+        _sqlite_multirow(conn, _SQLITE_NEURON_BULK, _SQLITE_NEURON_ONE, [experiment_id], flat, width, len(rows))
+    else:
+        _bulk(conn, "neuron_stats", [(experiment_id, *r) for r in rows])
     return len(rows)
 
 
 def _bulk(conn: Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL: ``COPY`` the rows into a temporary table, then merge them with one statement."""
     driver = conn.connection.driver_connection
     assert driver is not None
-    if conn.dialect.name == "sqlite":
-        cur = driver.cursor()
-        try:
-            cur.executemany(_SQLITE_NEURON, rows)
-        finally:
-            cur.close()
-        return
     with driver.cursor() as cur:
         cur.execute(_PG_TMP[table])
         with cur.copy(_PG_COPY[table]) as copy:
