@@ -1,7 +1,9 @@
 """What the benchmarks share: the tutorial's architecture in plain torch.nn, and synthetic data.
 
 ``tools/bench.py`` compares training through ``Experiment`` with a plain PyTorch loop over
-:class:`PlainMNISTModel` (the same layers and shapes as ``weightslab.demo.MNISTModel``).
+:class:`PlainMNISTModel` (the same layers and shapes as ``weightslab.demo.MNISTModel``), on
+:func:`synthetic` data as a ``TensorDataset`` (which the Experiment's loader reads a batch at a
+time) and through :class:`ItemByItem` (read one item at a time on both sides).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 
 class PlainMNISTModel(nn.Module):
@@ -33,3 +35,18 @@ def synthetic(n: int, seed: int = 0) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
     return TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
 
+
+
+class ItemByItem(Dataset):
+    """The same items through a dataset with only ``__getitem__``: every DataLoader (plain or the
+    Experiment's) reads them one at a time and stacks them, so the loader costs the same on both
+    sides and a comparison shows only the work WeightsLab adds."""
+
+    def __init__(self, ds: TensorDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ds[i]

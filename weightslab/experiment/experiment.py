@@ -459,7 +459,8 @@ class Experiment:
         losses = losses.detach()
         predictions = output.detach().argmax(dim=1) if output.dim() > 1 else output.detach()
         ds.update_batch(ids, losses, predictions, labels, age)
-        return loss_sum + losses.double().sum(), correct + (predictions == labels).sum()
+        # the loop's own accumulators: added to in place (fewer tensors a batch)
+        return loss_sum.add_(losses.sum(dtype=torch.float64)), correct.add_((predictions == labels).sum())
 
     def _check_steps(self, n: Any) -> int:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
