@@ -89,11 +89,12 @@ def test_corrupted_blob_row_is_refused(pg_url):
 
 
 def test_no_temporary_files_left_after_writes(tmp_path):
+    from weightslab.history.blobs import INLINE_MAX
     from weightslab.history.store import Store
 
     with Store.open(tmp_path / "s") as s:
-        for i in range(5):
-            s.blobs.put(bytes([i]) * 100)
+        digests = [s.blobs.put(bytes([i]) * (INLINE_MAX + 100)) for i in range(5)]  # files, not rows
+        assert all(s.blobs.path_of(d).is_file() for d in digests)
     assert list((tmp_path / "s" / "blobs" / "tmp").iterdir()) == []
 
 
@@ -178,3 +179,15 @@ def test_a_blob_asked_for_twice_comes_back_as_two_buffers(store):
     a, b = (decode_tensor(x) for x in store.blobs.get_many([digest, digest]))
     a += 1
     assert torch.equal(b, torch.zeros(3)) and torch.equal(a, torch.ones(3))
+
+
+def test_put_many_takes_the_hashes_a_caller_computed_and_refuses_a_wrong_count(store):
+    from weightslab.history.hashing import sha256_many
+
+    datas = [b"alpha", (b"be", b"ta")]  # a blob may come as consecutive parts
+    digests = sha256_many([(datas[0],), datas[1]])
+    with store.transaction() as conn:
+        assert store.blobs.put_many(conn, datas, hashes=digests) == digests
+    assert store.blobs.get_many(digests) == [b"alpha", b"beta"]
+    with pytest.raises(ValueError, match="2 hashes for 1 blobs"), store.transaction() as conn:
+        store.blobs.put_many(conn, [b"gamma"], hashes=digests)

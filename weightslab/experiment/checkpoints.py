@@ -22,7 +22,8 @@ from weightslab.errors import ConfigurationError, IntegrityError
 from weightslab.events.codec import canonical_json
 from weightslab.experiment.capture import capture
 from weightslab.experiment.state import group_hashes, state_hash
-from weightslab.history.blobs import check_hash
+from weightslab.history.blobs import blob_hash, check_hash
+from weightslab.history.hashing import sha256_many
 from weightslab.history.lineage import Lineage, build_lineage
 from weightslab.history.schema import Checkpoint
 from weightslab.history.tensorcodec import decode_tensor, encode_tensor_parts
@@ -42,9 +43,11 @@ def write_state(exp: Experiment, conn: Connection) -> tuple[str, str, dict[str, 
     names = sorted(tensors)
     store = exp.store
     encoded = [encode_tensor_parts(tensors[n]) for n in names]
-    hashes = dict(zip(names, store.blobs.put_many(conn, encoded)))
+    digests = sha256_many(encoded)
+    hashes = dict(zip(names, digests))
     manifest = canonical_json({"format": MANIFEST_FORMAT, "tensors": hashes, "meta": meta}).encode()
-    (manifest_hash,) = store.blobs.put_many(conn, [manifest])
+    # the tensors and their manifest in one write (one lookup of the blobs the store already has)
+    *_, manifest_hash = store.blobs.put_many(conn, [*encoded, manifest], hashes=[*digests, blob_hash(manifest)])
     return manifest_hash, state_hash(hashes), group_hashes(hashes), sum(len(h) + len(d) for h, d in encoded)
 
 

@@ -138,13 +138,20 @@ class BlobStore:
         check_hash(digest)
         return self._dir / digest[:2] / digest
 
-    def put_many(self, conn: Connection, datas: Iterable[BlobData]) -> list[str]:
+    def put_many(self, conn: Connection, datas: Iterable[BlobData], *,
+                 hashes: Sequence[str] | None = None) -> list[str]:
         """Store blobs within the caller's transaction; returns their hashes in order.
 
-        Bytes already in the store are not written again.
+        Bytes already in the store are not written again. ``hashes``: the blobs' names
+        as :func:`~weightslab.history.hashing.sha256_many` computed them from these very
+        parts (a caller that needed them first), so they are not hashed twice.
         """
         datas = list(datas)
-        hashes = sha256_many([_parts(d) for d in datas])
+        if hashes is None:
+            hashes = sha256_many([_parts(d) for d in datas])
+        elif len(hashes) != len(datas):
+            raise ValueError(f"put_many got {len(hashes)} hashes for {len(datas)} blobs")
+        hashes = list(hashes)
         new: dict[str, BlobData] = {}
         for digest, data in zip(hashes, datas):
             new.setdefault(digest, data)
@@ -155,8 +162,10 @@ class BlobStore:
         todo = {h: d for h, d in new.items() if h not in known}
         rows = todo
         if self._dir is not None:
-            self._write_files({h: d for h, d in todo.items() if _size(d) > INLINE_MAX})
-            rows = {h: d for h, d in todo.items() if _size(d) <= INLINE_MAX}
+            files = {h: d for h, d in todo.items() if _size(d) > INLINE_MAX}
+            if files:
+                self._write_files(files)
+            rows = {h: d for h, d in todo.items() if h not in files}
         insert_ignore(conn, Blob, [{"hash": h, "size": _size(d), "created_at": now} for h, d in todo.items()])
         self.bytes_written += sum(_size(d) for d in todo.values())
         insert_ignore(conn, BlobContent, [{"hash": h, "data": b"".join(_parts(d))} for h, d in rows.items()])
