@@ -129,3 +129,23 @@ def test_chain_hash_is_stable_across_reads(store):
         rows = eventlog.read_events(conn, a)
     assert rows[0].payload == {"ids": [5, 1, 3], "x": 0.1, "note": "é"}
     assert store.verify_chain(a).ok
+
+
+def test_a_seq_taken_at_insert_time_is_a_concurrency_error_and_the_transaction_stays_usable(store, monkeypatch):
+    """Two writers that read the same last seq race to insert it: the loser gets ConcurrencyError,
+    writes nothing, and the caller's transaction can go on (SQLite undoes the failed statement,
+    PostgreSQL needs a savepoint)."""
+    from sqlalchemy import literal, select
+
+    a = store.create_experiment("a").experiment_id
+    _append(store, a, 2)
+    with store.transaction() as conn:
+        real = eventlog._LAST
+        # what the loser of the race saw: seq 1 as the last one (the winner has just written seq 2)
+        monkeypatch.setattr(eventlog, "_LAST", select(literal(1).label("seq"), literal(None).label("hash")))
+        with pytest.raises(ConcurrencyError, match="at the same time"):
+            eventlog.append_event(conn, a, "prune", {"layer_index": 0}, expected_last_seq=1)
+        monkeypatch.setattr(eventlog, "_LAST", real)
+        eventlog.append_event(conn, a, "eval", {"ok": True}, expected_last_seq=2)
+    assert [e.kind for e in store.events(a)] == ["train", "train", "eval"]
+    assert store.verify_chain(a).ok

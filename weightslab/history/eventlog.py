@@ -144,8 +144,11 @@ def append_event(
         code_version=code_version, idempotency_key=key, prev_hash=prev_hash, hash=digest,
     )
     try:
-        with conn.begin_nested():
+        if conn.dialect.name == "sqlite":  # a failed statement undoes only itself: the transaction stays usable
             conn.execute(_INSERT, values)
+        else:  # PostgreSQL aborts the whole transaction on an error: keep the caller's usable
+            with conn.begin_nested():
+                conn.execute(_INSERT, values)
     except SAIntegrityError as e:
         raise ConcurrencyError(
             f"another writer appended seq {seq} to experiment {experiment_id} at the same time; "
