@@ -32,7 +32,7 @@ from weightslab.ledger.stats import STAT_COLUMNS
 if TYPE_CHECKING:
     from weightslab.experiment.experiment import Experiment
 
-__all__ = ["CheckpointManager", "parse_manifest", "read_manifest", "snapshot_frames", "snapshot_sources", "write_state"]
+__all__ = ["CheckpointManager", "parse_manifest", "read_manifest", "snapshot_sources", "write_state"]
 
 MANIFEST_FORMAT = "weightslab.state/1"
 
@@ -51,12 +51,8 @@ def write_state(exp: Experiment, conn: Connection) -> tuple[str, str, dict[str, 
     return manifest_hash, state_hash(hashes), group_hashes(hashes), sum(len(h) + len(d) for h, d in encoded)
 
 
-def manifest_fingerprint(exp: Experiment, manifest_hash: str) -> tuple[str, dict[str, str]]:
-    """The state hash (and per-group hashes) of the state a manifest describes, without its tensors."""
-    return _fingerprint(_manifest(exp, manifest_hash))
-
-
 def _fingerprint(manifest: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The state hash (and per-group hashes) of the state a manifest describes, without its tensors."""
     return state_hash(manifest["tensors"]), group_hashes(manifest["tensors"])
 
 
@@ -235,8 +231,3 @@ def snapshot_sources(exp: Experiment) -> dict[str, tuple[str, Callable[[], Any]]
         neurons.update(np.ascontiguousarray(seen, dtype=np.int64))
     return {"sample_stats": (rows.hexdigest(), samples),
             "neuron_stats": (neurons.hexdigest(), lambda: exp._neuron_frame(counters))}
-
-
-def snapshot_frames(exp: Experiment) -> dict[str, Any]:
-    """DataFrames for the Parquet snapshots of sample stats and neuron stats."""
-    return {table: build() for table, (_, build) in snapshot_sources(exp).items()}
