@@ -36,7 +36,6 @@ def synthetic(n: int, seed: int = 0) -> TensorDataset:
     return TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
-
 class ItemByItem(Dataset):
     """The same items through a dataset with only ``__getitem__``: every DataLoader (plain or the
     Experiment's) reads them one at a time and stacks them, so the loader costs the same on both

@@ -183,7 +183,7 @@ class BlobStore:
     def exists(self, digest: str) -> bool:
         check_hash(digest)
         with self._reading() as conn:
-            return conn.scalar(select(Blob.size).where(Blob.hash == digest)) is not None
+            return self.known(conn, digest)
 
     def get(self, digest: str, conn: Connection | None = None) -> bytes | bytearray:
         """Read a blob and verify its bytes against its name.

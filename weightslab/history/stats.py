@@ -48,26 +48,20 @@ _NEURON_ALL = ("experiment_id", *NEURON_COLUMNS)
 SQLITE_ROWS_PER_STATEMENT = 256
 
 
-def _sqlite_sample_upsert(rows: int) -> str:
-    """The upsert of ``rows`` sample rows: ``?1`` is the experiment id, ``?2`` the split, then 7 values a row."""
-    row = "(?1, ?2, " + ", ".join(["?"] * len(SAMPLE_COLUMNS)) + ")"
-    updates = ", ".join(f"{c} = excluded.{c}" for c in SAMPLE_COLUMNS if c not in _SAMPLE_KEY)
-    return (f"INSERT INTO sample_stats ({', '.join(_SAMPLE_ALL)}) VALUES "  # noqa: S608 - constants only
-            + ", ".join([row] * rows) + f" ON CONFLICT ({', '.join(_SAMPLE_KEY)}) DO UPDATE SET {updates}")
+def _sqlite_upsert(table: str, columns: Sequence[str], key: Sequence[str], head: Sequence[str], rows: int) -> str:
+    """The upsert of ``rows`` rows of ``columns`` into ``table``: the first values of every row are the
+    numbered parameters ``head`` (bound once a statement: ``?1`` experiment id, ``?2`` split), the
+    others a ``?`` each."""
+    values = "(" + ", ".join([*head, *["?"] * (len(columns) - len(head))]) + ")"
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "  # noqa: S608 - constants only
+            + ", ".join([values] * rows) + f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 
 
-def _sqlite_neuron_upsert(rows: int) -> str:
-    """The upsert of ``rows`` neuron rows: ``?1`` is the experiment id, then 6 values a row."""
-    row = "(?1, " + ", ".join(["?"] * len(NEURON_COLUMNS)) + ")"
-    updates = ", ".join(f"{c} = excluded.{c}" for c in NEURON_COLUMNS if c not in _NEURON_KEY)
-    return (f"INSERT INTO neuron_stats ({', '.join(_NEURON_ALL)}) VALUES "  # noqa: S608 - constants only
-            + ", ".join([row] * rows) + f" ON CONFLICT ({', '.join(_NEURON_KEY)}) DO UPDATE SET {updates}")
-
-
-_SQLITE_SAMPLE_BULK = _sqlite_sample_upsert(SQLITE_ROWS_PER_STATEMENT)
-_SQLITE_SAMPLE_ONE = _sqlite_sample_upsert(1)
-_SQLITE_NEURON_BULK = _sqlite_neuron_upsert(SQLITE_ROWS_PER_STATEMENT)
-_SQLITE_NEURON_ONE = _sqlite_neuron_upsert(1)
+_SQLITE_SAMPLE_BULK, _SQLITE_SAMPLE_ONE = (
+    _sqlite_upsert("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, ("?1", "?2"), n) for n in (SQLITE_ROWS_PER_STATEMENT, 1))
+_SQLITE_NEURON_BULK, _SQLITE_NEURON_ONE = (
+    _sqlite_upsert("neuron_stats", _NEURON_ALL, _NEURON_KEY, ("?1",), n) for n in (SQLITE_ROWS_PER_STATEMENT, 1))
 _PG_SAMPLE = _merge_sql("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, "wl_tmp_sample_stats")
 _PG_NEURON = _merge_sql("neuron_stats", _NEURON_ALL, _NEURON_KEY, "wl_tmp_neuron_stats")
 _PG_TMP = {
