@@ -1,9 +1,11 @@
 """Checkpoints: content-addressed manifests of the whole state, and their tree.
 
 ``dump()`` writes every state tensor as a blob (an unchanged tensor hashes to
-a blob the store already has, so it is not written again), then a manifest
-blob naming them, then the ``dump`` event and the ``checkpoints`` row, in one
-transaction. ``load(k)`` reads the manifest, verifies every blob, and restores
+a blob the store already has, so it is not written again) and a manifest
+blob naming them, in one transaction; then the ``dump`` event, the
+``checkpoints`` row and the statistics snapshots in a second one. A crash
+between the two leaves only blobs that nothing names yet: a checkpoint never
+exists without its blobs. ``load(k)`` reads the manifest, verifies every blob, and restores
 the state exactly (rebuilding layer widths), keeping the same optimizer.
 """
 

@@ -5,8 +5,9 @@ Data flow of one training call::
     train_n_steps(n)
       ├─ loop: batch (x, y, ids) → model → per-sample loss → backward → optimizer.step
       │        → ledger.update_batch(ids, loss, pred, label, age)   (numpy, vectorised)
-      └─ recorder.append("train", …)  one transaction: event + dirty sample_stats rows
-                                      + neuron_stats + blobs (sampler/RNG state at start)
+      └─ recorder.append("train", …)  one transaction: event + changed neuron_stats rows
+                                      + blobs (sampler/RNG state at start); then the dirty
+                                      sample_stats rows go to the background writer
 
 Edits made through ``exp.model``, ``exp.model.layers[i]`` or the datasets reach
 the recorder as observers' records, become events the same way, and are
