@@ -13,6 +13,7 @@ Scenarios:
   train_tutorial_cpu  the same, items one by one, in process CPU time with 1 torch thread
                    (stable on a noisy machine: the work WeightsLab adds)             (≤ 1.10)
   train_resnet18   converted torchvision ResNet-18, batch 64, 32×32: plain loop vs Experiment (≤ 1.05)
+  train_resnet18_cpu  the same in process CPU time with 1 torch thread                 (≤ 1.05)
   dump_load        exp.dump()+exp.load() vs torch.save/torch.load of model+optimizer state  (≤ 1.5)
   dump_dedup       bytes written by a dump right after a one-layer edit vs the first dump
   stats_upsert     sample_stats upserts at 10^4, 10^5, 10^6 rows (SQLite, PostgreSQL): linear?
@@ -33,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -89,11 +90,14 @@ def compare(name: str, measured: Measured, limit: float, note: str = "", at_leas
 
 # -- training overhead -------------------------------------------------------------------------------
 
-def _plain_loop(model: torch.nn.Module, ds: Dataset, batch: int, steps: int) -> float:
+Clock = Callable[[], float]
+
+
+def _plain_loop(model: torch.nn.Module, ds: Dataset, batch: int, steps: int, clock: Clock = time.perf_counter) -> float:
     opt = optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0))
     model.train()
-    t = time.perf_counter()
+    t = clock()
     done = 0
     while done < steps:
         for x, y in loader:
@@ -103,7 +107,7 @@ def _plain_loop(model: torch.nn.Module, ds: Dataset, batch: int, steps: int) -> 
             done += 1
             if done == steps:
                 break
-    return time.perf_counter() - t
+    return clock() - t
 
 
 def _logsoftmax(model: torch.nn.Module) -> bool:
@@ -111,18 +115,18 @@ def _logsoftmax(model: torch.nn.Module) -> bool:
 
 
 def _experiment_loop(make_model: Callable[[], Any], ds: Dataset, eval_ds: Dataset, batch: int,
-                     steps: int, per_call: int, store: str) -> float:
+                     steps: int, per_call: int, store: str, clock: Clock = time.perf_counter) -> float:
     exp = Experiment(model=make_model(), optimizer_class=optim.Adam, train_dataset=ds, eval_dataset=eval_ds,
                      learning_rate=1e-3, batch_size=batch, name=f"b-{uuid.uuid4().hex[:8]}", store=store,
                      progress=False, criterion=_criterion_for(make_model))
-    t = time.perf_counter()
+    t = clock()
     done = 0
     while done < steps:
         k = min(per_call, steps - done)
         exp.train_n_steps(k)
         done += k
     exp.close()  # waits for the background statistics writer: recording is part of the cost
-    elapsed = time.perf_counter() - t
+    elapsed = clock() - t
     exp.store.close()
     return elapsed
 
@@ -161,6 +165,22 @@ def scenario_train_tutorial(args: argparse.Namespace) -> None:
     compare("train tutorial, items one by one", m, 1.10, "1 epoch, 1 call; the same loader work on both sides")
 
 
+T = TypeVar("T")
+
+
+def _one_torch_thread(fn: Callable[[], T]) -> T:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+# Process CPU seconds of the timed part (all threads: torch's, the hashing pool, the statistics writer).
+_cpu = time.process_time
+
+
 def scenario_train_tutorial_cpu(args: argparse.Namespace) -> None:
     """The same comparison in CPU time with one torch thread, items read one by one on both sides:
     the work WeightsLab adds (its writer thread included), far less noisy than wall time on a
@@ -168,20 +188,10 @@ def scenario_train_tutorial_cpu(args: argparse.Namespace) -> None:
     n = 12_000 if args.quick else 60_000
     ds, ev = ItemByItem(synthetic(n)), ItemByItem(synthetic(1000, seed=1))
     steps = (n + 255) // 256
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-
-    def cpu(run: Callable[[], object]) -> float:
-        start = time.process_time()
-        run()
-        return time.process_time() - start
-
-    try:
-        with tempfile.TemporaryDirectory() as store:
-            m = alternate(max(3, args.reps - 2), lambda: cpu(lambda: _plain_loop(PlainMNISTModel(), ds, 256, 2 * steps)),
-                          lambda: cpu(lambda: _experiment_loop(MNISTModel, ds, ev, 256, 2 * steps, steps, store)))
-    finally:
-        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as store:
+        m = _one_torch_thread(lambda: alternate(
+            max(3, args.reps - 2), lambda: _plain_loop(PlainMNISTModel(), ds, 256, 2 * steps, _cpu),
+            lambda: _experiment_loop(MNISTModel, ds, ev, 256, 2 * steps, steps, store, _cpu)))
     compare("train tutorial, CPU time, 1 thread", m, 1.10,
             "2 epochs, 1 call each, items one by one; process CPU seconds")
 
@@ -197,28 +207,46 @@ def _resnet_ops() -> Any:
     return convert_to_ops(_resnet())
 
 
-def scenario_train_resnet18(args: argparse.Namespace) -> None:
-    n_steps = 10 if args.quick else 30
-    ds, ev = TensorDataset(torch.randn(64 * n_steps, 3, 32, 32), torch.randint(0, 10, (64 * n_steps,))), \
+def _resnet_data(n_steps: int) -> tuple[Dataset, Dataset]:
+    return TensorDataset(torch.randn(64 * n_steps, 3, 32, 32), torch.randint(0, 10, (64 * n_steps,))), \
         TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
 
-    def plain() -> float:
-        model = _resnet()
-        opt = optim.Adam(model.parameters(), lr=1e-3)
-        loader = DataLoader(ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-        model.train()
-        t = time.perf_counter()
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-        return time.perf_counter() - t
 
+def _plain_resnet(ds: Dataset, clock: Clock = time.perf_counter) -> float:
+    model = _resnet()
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    model.train()
+    t = clock()
+    for x, y in loader:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return clock() - t
+
+
+def scenario_train_resnet18(args: argparse.Namespace) -> None:
+    n_steps = 10 if args.quick else 30
+    ds, ev = _resnet_data(n_steps)
     with tempfile.TemporaryDirectory() as store:
-        plain()
-        m = alternate(max(3, args.reps), plain,
+        _plain_resnet(ds)
+        m = alternate(max(3, args.reps), lambda: _plain_resnet(ds),
                       lambda: _experiment_loop(_resnet_ops, ds, ev, 64, n_steps, n_steps, store))
     compare("train resnet18 (1 call)", m, 1.05, f"{n_steps} steps, batch 64, 32×32")
+
+
+def scenario_train_resnet18_cpu(args: argparse.Namespace) -> None:
+    """ResNet-18 in process CPU time with one torch thread: the work WeightsLab adds (trigger
+    counting, the train event's fingerprint and neuron rows), without the wall-time noise of a
+    shared machine (single pairs of the wall-time scenario differ by up to ±20%)."""
+    n_steps = 10 if args.quick else 30
+    ds, ev = _resnet_data(n_steps)
+    with tempfile.TemporaryDirectory() as store:
+        _one_torch_thread(lambda: _plain_resnet(ds))  # warm-up (the first run of a process is slower)
+        m = _one_torch_thread(lambda: alternate(
+            max(3, args.reps - 2), lambda: _plain_resnet(ds, _cpu),
+            lambda: _experiment_loop(_resnet_ops, ds, ev, 64, n_steps, n_steps, store, _cpu)))
+    compare("train resnet18, CPU time, 1 thread", m, 1.05, f"{n_steps} steps, 1 call; process CPU seconds")
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
@@ -403,6 +431,7 @@ SCENARIOS = {
     "train_tutorial": scenario_train_tutorial,
     "train_tutorial_cpu": scenario_train_tutorial_cpu,
     "train_resnet18": scenario_train_resnet18,
+    "train_resnet18_cpu": scenario_train_resnet18_cpu,
     "dump_load": scenario_dump_load,
     "stats_upsert": scenario_stats_upsert,
     "replay": scenario_replay,

@@ -177,3 +177,22 @@ def test_memory_stays_under_64_bytes_per_sample_with_one_pass_of_history():
         b = ids[start : start + 4096]
         ds.update_batch(b, torch.zeros(len(b)), b % 10, b % 10, start)
     assert ds.stats.nbytes() / n <= 64
+
+
+def test_update_batch_takes_one_age_per_sample_and_logs_it():
+    ds = LedgeredDataset(torch.utils.data.TensorDataset(torch.zeros(6, 2), torch.arange(6)), "train")
+    ds.update_batch(torch.tensor([4, 1, 4]), torch.tensor([0.5, 1.5, 2.5]), torch.tensor([0, 1, 2]),
+                    torch.tensor([4, 1, 4]), model_age=np.array([10, 10, 13]))
+    df = ds.get_dataframe()
+    assert df.loc[4, "prediction_age"] == 13 and df.loc[1, "prediction_age"] == 10  # 4's last occurrence
+    assert df.loc[4, "exposure_amount"] == 2
+    np.testing.assert_array_equal(ds.drain_history()["model_age"], [10, 10, 13])
+
+
+def test_update_batch_refuses_ages_of_another_length_and_changes_nothing(synth):
+    before = synth.state_arrays()
+    with pytest.raises(ConfigurationError, match="one per sample"):
+        synth.update_batch(torch.arange(3), torch.zeros(3), torch.zeros(3), torch.zeros(3), np.array([1, 2]))
+    for k, v in synth.state_arrays().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert len(synth.drain_history()["sample_id"]) == 0

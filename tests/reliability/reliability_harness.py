@@ -70,6 +70,7 @@ def exit_if_orphaned() -> None:
 
 def arm(phase: str, fp: Failpoint) -> None:
     """Install the failpoint of ``phase`` in this (worker) process."""
+    import weightslab.experiment.batch_results as batch_results
     import weightslab.experiment.checkpoints as checkpoints
     import weightslab.experiment.experiment as experiment
     import weightslab.experiment.recorder as recorder
@@ -89,15 +90,15 @@ def arm(phase: str, fp: Failpoint) -> None:
         setattr(module, name, wrapper)
 
     if phase == "train":  # between two training batches: trained, nothing recorded yet
-        original_track = experiment.Experiment._track_batch
+        original_add = batch_results.BatchResults.add
 
-        def track(self: Any, ds: Any, *a: Any, **k: Any) -> Any:
-            out = original_track(self, ds, *a, **k)
-            if ds.split == "train":
+        def add(self: Any, *a: Any, **k: Any) -> Any:
+            out = original_add(self, *a, **k)
+            if self._ds.split == "train":
                 fp.reached()
             return out
 
-        experiment.Experiment._track_batch = track
+        batch_results.BatchResults.add = add
     elif phase == "event-insert":  # the event row is inserted, its transaction not committed
         after(eventlog, "append_event")
     elif phase == "sample-stats":  # the background writer's upsert, before its commit

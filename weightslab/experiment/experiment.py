@@ -4,7 +4,8 @@ Data flow of one training call::
 
     train_n_steps(n)
       ├─ loop: batch (x, y, ids) → model → per-sample loss → backward → optimizer.step
-      │        → ledger.update_batch(ids, loss, pred, label, age)   (numpy, vectorised)
+      │        → results.add(ids, loss, output, label, age)   (kept; every 2^16 samples and at
+      │          the end: one ledger.update_batch and the loss/accuracy sums, batch_results.py)
       └─ recorder.append("train", …)  one transaction: event + changed neuron_stats rows
                                       + blobs (sampler/RNG state at start); then the dirty
                                       sample_stats rows go to the background writer
@@ -32,6 +33,7 @@ from weightslab import __version__
 from weightslab.errors import ConfigurationError
 from weightslab.events.record import OperationRecord
 from weightslab.experiment import capture as capture_mod
+from weightslab.experiment.batch_results import BatchResults
 from weightslab.experiment.checkpoints import CheckpointManager, snapshot_sources, write_state
 from weightslab.experiment.config import ExperimentConfig
 from weightslab.experiment.criterion import Criterion, check_criterion, default_criterion
@@ -61,6 +63,12 @@ def _code_version() -> str:
 def _finite_or_none(value: float) -> float | None:
     """A diverged run's NaN/inf loss is recorded as null: the event must be written all the same."""
     return value if np.isfinite(value) else None
+
+
+def _means(results: BatchResults) -> tuple[float, float, int]:
+    """(mean loss, accuracy, samples) of a finished loop."""
+    seen = max(results.seen, 1)
+    return float(results.loss_sum) / seen, float(results.correct) / seen, results.seen
 
 
 def _check_device(device: Any) -> torch.device:
@@ -368,25 +376,21 @@ class Experiment:
         """The training loop proper: ``n`` batches; returns (mean loss, accuracy, samples)."""
         self.model.train()
         self.model.tracking_mode = TrackingMode.TRAIN
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen = 0
         try:
-            for _ in self._progress(range(n), f"train {self.name}"):
-                inputs, labels, ids = self._next_train_batch()
-                age_at_prediction = self.model_age
-                self.optimizer.zero_grad(set_to_none=True)
-                output = self.model(inputs)
-                losses = self.criterion(output, labels)
-                losses.mean().backward()
-                self.optimizer.step()
-                loss_sum, correct = self._track_batch(self._train_ds, ids, losses, output, labels,
-                                                      age_at_prediction, loss_sum, correct)
-                seen += len(ids)
+            with self.model.batched_trigger_counts(), BatchResults(self._train_ds, self.device) as results:
+                for _ in self._progress(range(n), f"train {self.name}"):
+                    inputs, labels, ids = self._next_train_batch()
+                    age_at_prediction = self.model_age
+                    self.optimizer.zero_grad(set_to_none=True)
+                    output = self.model(inputs)
+                    losses = self.criterion(output, labels)
+                    losses.mean().backward()
+                    self.optimizer.step()
+                    results.add(ids, losses, output, labels, age_at_prediction)
         finally:
             self.model.tracking_mode = TrackingMode.DISABLED
             self._sync_train_position()
-        return float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1), seen
+        return _means(results)
 
     def train_n_steps_with_eval_full(self, n: int) -> tuple[float, float]:
         """Train ``n`` steps with a full evaluation every ``eval_every`` steps and at the end.
@@ -434,34 +438,19 @@ class Experiment:
         was_training = self.model.training
         self.model.eval()
         self.model.tracking_mode = TrackingMode.EVAL
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen = 0
         age = self.model_age
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.model.batched_trigger_counts(), \
+                    BatchResults(self._eval_ds, self.device) as results:
                 batches = self._full_eval_batches() if steps is None else (
                     self._next_eval_batch() for _ in self._progress(range(steps), f"eval {self.name}"))
                 for inputs, labels, ids in batches:
                     output = self.model(inputs)
-                    losses = self.criterion(output, labels)
-                    loss_sum, correct = self._track_batch(self._eval_ds, ids, losses, output, labels, age,
-                                                          loss_sum, correct)
-                    seen += len(ids)
+                    results.add(ids, self.criterion(output, labels), output, labels, age)
         finally:
             self.model.tracking_mode = TrackingMode.DISABLED
             self.model.train(was_training)
-        return float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1), seen
-
-    def _track_batch(self, ds: LedgeredDataset, ids: torch.Tensor, losses: torch.Tensor, output: torch.Tensor,
-                     labels: torch.Tensor, age: int, loss_sum: torch.Tensor,
-                     correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-batch bookkeeping: ledger statistics and running loss/accuracy (no host sync on GPU)."""
-        losses = losses.detach()
-        predictions = output.detach().argmax(dim=1) if output.dim() > 1 else output.detach()
-        ds.update_batch(ids, losses, predictions, labels, age)
-        # the loop's own accumulators: added to in place (fewer tensors a batch)
-        return loss_sum.add_(losses.sum(dtype=torch.float64)), correct.add_((predictions == labels).sum())
+        return _means(results)
 
     def _check_steps(self, n: Any) -> int:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:

@@ -166,7 +166,7 @@ class LedgeredDataset(Dataset, Observable):
         losses: torch.Tensor,
         predictions: torch.Tensor,
         labels: torch.Tensor,
-        model_age: int,
+        model_age: int | np.ndarray,
     ) -> None:
         """Record one batch's per-sample losses and predictions (see :meth:`SampleStats.update_batch`)."""
         self.stats.update_batch(ids, losses, predictions, labels, model_age)

@@ -47,16 +47,19 @@ class PassLog:
     def _new_chunk(self) -> dict[str, np.ndarray]:
         return {name: np.empty(_CHUNK_ROWS, dtype) for name, dtype in self._dtypes.items()}
 
-    def append(self, sample_id: np.ndarray, model_age: int, loss: np.ndarray, prediction: np.ndarray) -> None:
-        """Append one row per entry of the (equal-length) arrays; ``model_age`` is shared."""
+    def append(self, sample_id: np.ndarray, model_age: int | np.ndarray, loss: np.ndarray,
+               prediction: np.ndarray) -> None:
+        """Append one row per entry of the (equal-length) arrays; ``model_age`` is one age for all
+        rows or an array of one per row."""
         n = len(sample_id)
+        per_row = isinstance(model_age, np.ndarray)
         start = 0
         while start < n:
             take = min(n - start, _CHUNK_ROWS - self._fill)
             stop, at = start + take, self._fill
             chunk = self._chunk
             chunk["sample_id"][at : at + take] = sample_id[start:stop]
-            chunk["model_age"][at : at + take] = model_age
+            chunk["model_age"][at : at + take] = model_age[start:stop] if per_row else model_age
             chunk["loss"][at : at + take] = loss[start:stop]
             chunk["prediction"][at : at + take] = prediction[start:stop]
             self._fill += take

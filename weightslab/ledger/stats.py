@@ -62,7 +62,7 @@ class SampleStats:
         losses: torch.Tensor,
         predictions: torch.Tensor,
         labels: torch.Tensor,
-        model_age: int,
+        model_age: int | np.ndarray,
     ) -> None:
         """Record one batch of predictions: O(batch), vectorised, no Python loop over samples.
 
@@ -71,7 +71,8 @@ class SampleStats:
             losses: per-sample losses (``reduction="none"``), shape ``(B,)``.
             predictions: predicted classes, shape ``(B,)``.
             labels: true labels, shape ``(B,)``.
-            model_age: training samples the model had processed when it predicted.
+            model_age: training samples the model had processed when it predicted: one age,
+                or an int64 array of one per sample (several batches recorded at once).
 
         Tensors may live on any device; the batch crosses to the CPU in one copy of
         the integers and one of the losses.
@@ -90,6 +91,8 @@ class SampleStats:
                 f"{n}, {len(loss_np)}, {len(pred_np)}, {len(label_np)}; pass per-sample losses "
                 "(reduction='none')"
             )
+        if isinstance(model_age, np.ndarray) and model_age.shape != (n,):
+            raise ConfigurationError(f"model_age must be one age or one per sample ({n}), got shape {model_age.shape}")
         if n == 0:
             return
         lo, hi = ids_np.min(), ids_np.max()

@@ -22,7 +22,7 @@ from torch import nn
 
 from weightslab.errors import ConfigurationError
 from weightslab.surgery.selection import check_multiplier, check_neuron_indices
-from weightslab.surgery.tracking import TrackingMode, count_triggers
+from weightslab.surgery.tracking import TrackingMode, count_positive, spatial_sums
 
 if TYPE_CHECKING:
     from weightslab.surgery.network import NetworkWithOps
@@ -36,6 +36,11 @@ __all__ = [
 ]
 
 COUNTER_NAMES = ("train_trigger_count", "train_seen_count", "eval_trigger_count", "eval_seen_count")
+
+# Batched trigger counting counts a layer's kept spatial sums after this many forwards, or sooner
+# once they hold this many elements (1 MiB in float32): a ResNet-18 keeps at most ~10 MB.
+_PENDING_FORWARDS = 64
+_PENDING_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,9 @@ class NeuronLayer:
     channel_dim: int = 1
     out_attr: str = ""
     in_attr: str | None = None
+    #: Spatial sums of forwards not yet counted, while the network batches trigger counting
+    #: (:meth:`NetworkWithOps.batched_trigger_counts`); None otherwise.
+    _wl_pending: list[torch.Tensor] | None = None
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -98,6 +106,7 @@ class NeuronLayer:
         state = dict(self.__dict__)
         state["_wl_network"] = None
         state["_wl_trace"] = None
+        state.pop("_wl_pending", None)
         return state
 
     # -- shape ----------------------------------------------------------------------------------------------
@@ -128,14 +137,32 @@ class NeuronLayer:
     # -- tracking -------------------------------------------------------------------------------------------
 
     def _record_triggers(self, output: torch.Tensor) -> None:
+        sums = spatial_sums(output, self.channel_dim)
+        pending = self._wl_pending
+        if pending is None:
+            self._count_triggers(sums)
+            return
+        pending.append(sums)
+        if len(pending) >= _PENDING_FORWARDS or len(pending) * sums.numel() >= _PENDING_ELEMENTS:
+            self._flush_triggers()
+
+    def _count_triggers(self, sums: torch.Tensor) -> None:
         module: Any = self
-        fired = count_triggers(output, self.channel_dim)
+        fired = count_positive(sums)
         if self._wl_mode is TrackingMode.TRAIN:
             module.train_trigger_count.add_(fired)
-            module.train_seen_count.add_(output.shape[0])
+            module.train_seen_count.add_(sums.shape[0])
         else:
             module.eval_trigger_count.add_(fired)
-            module.eval_seen_count.add_(output.shape[0])
+            module.eval_seen_count.add_(sums.shape[0])
+
+    def _flush_triggers(self) -> None:
+        """Count the spatial sums kept by batched counting (in the current tracking mode)."""
+        pending = self._wl_pending
+        if pending:
+            sums = pending[0] if len(pending) == 1 else torch.cat(pending)
+            pending.clear()
+            self._count_triggers(sums)
 
     def trigger_rates(self, split: str = "train") -> torch.Tensor:
         """Per-neuron trigger rate (triggers / samples seen) for ``split`` ('train' or 'eval').

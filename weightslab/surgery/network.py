@@ -10,7 +10,8 @@ operation. The editing operations themselves live in ``operations.py``.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -190,7 +191,26 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
         if "_modules" in self.__dict__:
             for module in self.modules():
                 if isinstance(module, NeuronLayer):
+                    module._flush_triggers()  # kept sums count in the mode they were taken in
                     module._wl_mode = mode
+
+    @contextmanager
+    def batched_trigger_counts(self) -> Iterator[None]:
+        """Within the block, each tracked forward only computes its layers' spatial sums; the
+        counting runs once for many forwards (at most 64, or ~1 MiB of sums a layer) and when
+        the block ends or the tracking mode changes. The counters come out the same (they are
+        integers); read them after the block. The Experiment's train and eval loops use it.
+        """
+        layers = [m for m in self.modules() if isinstance(m, NeuronLayer)]
+        for layer in layers:
+            layer._flush_triggers()
+            layer._wl_pending = []
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer._flush_triggers()
+                layer._wl_pending = None
 
     @property
     def age(self) -> int:

@@ -1,0 +1,90 @@
+"""A loop's per-batch results, applied to the ledger and to the running loss/accuracy in bulk.
+
+A train or eval loop produces, for each batch, its sample ids, per-sample losses,
+predictions and labels. Recording them batch by batch costs a dozen small numpy
+and torch calls per batch, and between a forward and a backward pass those calls
+run with cold caches (measured in the tutorial's loop: ~250 µs a batch of 256
+against ~8 µs a batch in bulk). :class:`BatchResults` keeps references to the
+batch tensors and applies them every ``max_samples`` samples and when the loop
+ends, as one ledger update (``model_age`` per sample) and, for the running loss
+and accuracy, the same per-batch float64 sums in the same order as before: the
+results are bit-identical to recording each batch as it comes.
+
+On an accelerator the tensors stay on the device until the flush, so a batch
+costs no device-to-host copy (and no synchronisation) inside the loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from weightslab.errors import ConfigurationError
+from weightslab.ledger import LedgeredDataset
+
+__all__ = ["BatchResults"]
+
+#: Samples held before a flush (a few MB at most: four numbers a sample).
+FLUSH_SAMPLES = 1 << 16
+
+
+class BatchResults:
+    """Collects one loop's batches for ``ds``; :meth:`flush` (or leaving the ``with`` block) applies them.
+
+    Attributes:
+        loss_sum: float64 sum of every applied per-sample loss (a 0-d tensor on ``device``).
+        correct: number of applied samples whose prediction equals the label.
+        seen: number of samples added (applied or pending).
+    """
+
+    def __init__(self, ds: LedgeredDataset, device: torch.device, max_samples: int = FLUSH_SAMPLES) -> None:
+        self._ds = ds
+        self._max = max_samples
+        self._batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+        self._pending = 0
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen = 0
+
+    def add(self, ids: torch.Tensor, losses: torch.Tensor, output: torch.Tensor, labels: torch.Tensor,
+            age: int) -> None:
+        """Keep one batch: ``losses`` per sample, ``output`` the model's (predictions are its argmax)."""
+        losses = losses.detach()
+        predictions = output.detach().argmax(dim=1) if output.dim() > 1 else output.detach()
+        n = len(ids)
+        if losses.numel() != n or predictions.numel() != n or labels.numel() != n:
+            raise ConfigurationError(
+                f"a batch of {n} ids needs {n} per-sample losses, predictions and labels, got shapes "
+                f"{tuple(losses.shape)}, {tuple(predictions.shape)}, {tuple(labels.shape)}; the criterion "
+                "must return one loss per sample (reduction='none')"
+            )
+        if losses.dim() != 1 or predictions.dim() != 1 or labels.dim() != 1:
+            losses, predictions, labels = losses.reshape(-1), predictions.reshape(-1), labels.reshape(-1)
+        self._batches.append((ids, losses, predictions, labels, age))
+        self._pending += n
+        self.seen += n
+        if self._pending >= self._max:
+            self.flush()
+
+    def flush(self) -> None:
+        """Apply the pending batches to the ledger and to ``loss_sum`` / ``correct``."""
+        batches, self._batches, self._pending = self._batches, [], 0
+        if not batches:
+            return
+        for _, losses, predictions, labels, _ in batches:  # per batch, in order: the same float64 sums
+            self.loss_sum.add_(losses.sum(dtype=torch.float64))
+            self.correct.add_((predictions == labels).sum())
+        if len(batches) == 1:
+            ids, losses, predictions, labels, age = batches[0]
+            self._ds.update_batch(ids, losses, predictions, labels, age)
+            return
+        ids, losses, predictions, labels, ages = zip(*batches)
+        per_sample_age = np.repeat(np.asarray(ages, np.int64), [len(i) for i in ids])
+        self._ds.update_batch(torch.cat(ids), torch.cat(losses), torch.cat(predictions), torch.cat(labels),
+                              per_sample_age)
+
+    def __enter__(self) -> BatchResults:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()  # also after an error: the batches that completed are recorded, as before
