@@ -45,8 +45,6 @@ def spatial_sums(output: torch.Tensor, channel_dim: int) -> torch.Tensor:
     (one kernel cheaper) decides the trigger.
     """
     y = output.detach()
-    if y.dim() == 4 and channel_dim == 1:
-        return y.sum((2, 3))
     if y.dim() > 2:
         return y.flatten(2).sum(2) if channel_dim == 1 else y.reshape(y.shape[0], -1, y.shape[-1]).sum(1)
     return y
