@@ -80,3 +80,14 @@ def test_an_error_in_the_loop_still_records_the_batches_that_completed():
         results.add(*batches[0])
         raise KeyboardInterrupt
     assert ds.stats.exposure_amount.sum() == 16 and results.seen == 16
+
+
+def test_ages_given_as_tensors_read_at_the_flush_equal_ages_given_as_ints():
+    as_ints, as_tensors = _ledger(), _ledger()
+    with BatchResults(as_ints, torch.device("cpu")) as a, BatchResults(as_tensors, torch.device("cpu")) as b:
+        for i, (ids, losses, output, labels, age) in enumerate(_batches(4)):
+            a.add(ids, losses, output, labels, age)
+            b.add(ids, losses, output, labels, torch.tensor(age) if i % 2 else age)  # mixed, as a loop may
+    for name, column in as_ints.stats.state_arrays().items():
+        np.testing.assert_array_equal(as_tensors.stats.state_arrays()[name], column, err_msg=name)
+    np.testing.assert_array_equal(as_tensors.drain_history()["model_age"], as_ints.drain_history()["model_age"])

@@ -10,8 +10,9 @@ ends, as one ledger update (``model_age`` per sample) and, for the running loss
 and accuracy, the same per-batch float64 sums in the same order as before: the
 results are bit-identical to recording each batch as it comes.
 
-On an accelerator the tensors stay on the device until the flush, so a batch
-costs no device-to-host copy (and no synchronisation) inside the loop.
+On an accelerator the tensors stay on the device until the flush, and the train
+loop passes the model age as a copy of the device counter, so recording a batch
+costs no device-to-host copy and no synchronisation inside the loop.
 """
 
 from __future__ import annotations
@@ -40,15 +41,16 @@ class BatchResults:
     def __init__(self, ds: LedgeredDataset, device: torch.device, max_samples: int = FLUSH_SAMPLES) -> None:
         self._ds = ds
         self._max = max_samples
-        self._batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+        self._batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int | torch.Tensor]] = []
         self._pending = 0
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.seen = 0
 
     def add(self, ids: torch.Tensor, losses: torch.Tensor, output: torch.Tensor, labels: torch.Tensor,
-            age: int) -> None:
-        """Keep one batch: ``losses`` per sample, ``output`` the model's (predictions are its argmax)."""
+            age: int | torch.Tensor) -> None:
+        """Keep one batch: ``losses`` per sample, ``output`` the model's (predictions are its argmax),
+        ``age`` the model age it was predicted at (an int, or a 0-d tensor read at the flush)."""
         losses = losses.detach()
         predictions = output.detach().argmax(dim=1) if output.dim() > 1 else output.detach()
         n = len(ids)
@@ -74,11 +76,11 @@ class BatchResults:
         for _, losses, predictions, labels, _ in batches:  # per batch, in order: the same float64 sums
             self.loss_sum.add_(losses.sum(dtype=torch.float64))
             self.correct.add_((predictions == labels).sum())
-        if len(batches) == 1:
-            ids, losses, predictions, labels, age = batches[0]
-            self._ds.update_batch(ids, losses, predictions, labels, age)
-            return
         ids, losses, predictions, labels, ages = zip(*batches)
+        ages = _ints(ages)
+        if len(batches) == 1:
+            self._ds.update_batch(ids[0], losses[0], predictions[0], labels[0], ages[0])
+            return
         per_sample_age = np.repeat(np.asarray(ages, np.int64), [len(i) for i in ids])
         self._ds.update_batch(torch.cat(ids), torch.cat(losses), torch.cat(predictions), torch.cat(labels),
                               per_sample_age)
@@ -88,3 +90,12 @@ class BatchResults:
 
     def __exit__(self, *exc: object) -> None:
         self.flush()  # also after an error: the batches that completed are recorded, as before
+
+
+def _ints(values: tuple[int | torch.Tensor, ...]) -> list[int]:
+    """``values`` as ints; the tensors among them are read in one transfer."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return [int(v) for v in values]
+    read = iter(torch.stack([t.reshape(()) for t in tensors]).tolist())
+    return [int(next(read)) if isinstance(v, torch.Tensor) else int(v) for v in values]

@@ -380,7 +380,7 @@ class Experiment:
             with self.model.batched_trigger_counts(), BatchResults(self._train_ds, self.device) as results:
                 for _ in self._progress(range(n), f"train {self.name}"):
                     inputs, labels, ids = self._next_train_batch()
-                    age_at_prediction = self.model_age
+                    age_at_prediction = self._age_now()
                     self.optimizer.zero_grad(set_to_none=True)
                     output = self.model(inputs)
                     losses = self.criterion(output, labels)
@@ -391,6 +391,12 @@ class Experiment:
             self.model.tracking_mode = TrackingMode.DISABLED
             self._sync_train_position()
         return _means(results)
+
+    def _age_now(self) -> int | torch.Tensor:
+        """The model age before a batch: an int on the CPU; on an accelerator a copy of the device
+        counter, read when the loop's results are flushed (no host synchronisation a batch)."""
+        age = self.model.model_age
+        return int(age) if age.device.type == "cpu" else age.clone()
 
     def train_n_steps_with_eval_full(self, n: int) -> tuple[float, float]:
         """Train ``n`` steps with a full evaluation every ``eval_every`` steps and at the end.
