@@ -38,7 +38,8 @@ __all__ = [
 COUNTER_NAMES = ("train_trigger_count", "train_seen_count", "eval_trigger_count", "eval_seen_count")
 
 # Batched trigger counting counts a layer's kept spatial sums after this many forwards, or sooner
-# once they hold this many elements (1 MiB in float32): a ResNet-18 keeps at most ~10 MB.
+# once they hold this many elements (1 MiB in float32): at most ~1 MiB a layer, ~40 MiB for the 41
+# layers of a ResNet-18 at batch 64 (its activations take far more).
 _PENDING_FORWARDS = 64
 _PENDING_ELEMENTS = 1 << 18
 
