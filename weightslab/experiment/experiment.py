@@ -3,7 +3,8 @@
 Data flow of one training call::
 
     train_n_steps(n)
-      ├─ loop: batch (x, y, ids) → model → per-sample loss → backward → optimizer.step
+      ├─ loop: batch (x, y, ids) → model (tracked layers keep their spatial sums, counted in
+      │        bulk: model.batched_trigger_counts) → per-sample loss → backward → optimizer.step
       │        → results.add(ids, loss, output, label, age)   (kept; every 2^16 samples and at
       │          the end: one ledger.update_batch and the loss/accuracy sums, batch_results.py)
       └─ recorder.append("train", …)  one transaction: event + changed neuron_stats rows

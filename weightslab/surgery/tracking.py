@@ -17,7 +17,7 @@ from enum import Enum
 
 import torch
 
-__all__ = ["TrackingMode", "count_positive", "count_triggers", "spatial_sums"]
+__all__ = ["TrackingMode", "count_positive", "spatial_sums"]
 
 
 class TrackingMode(Enum):
@@ -54,15 +54,3 @@ def count_positive(sums: torch.Tensor) -> torch.Tensor:
     """Per-neuron number of rows of ``sums`` (``[N, C]``, see :func:`spatial_sums`) that are > 0 (int64 ``[C]``)."""
     return (sums > 0).sum(0)
 
-
-def count_triggers(output: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """Per-neuron number of samples of ``output`` on which the neuron triggered.
-
-    Args:
-        output: a layer's pre-activation output (see :func:`spatial_sums`).
-        channel_dim: the dimension holding the neurons.
-
-    Returns:
-        An int64 tensor ``[C]`` on ``output``'s device.
-    """
-    return count_positive(spatial_sums(output, channel_dim))
