@@ -9,6 +9,7 @@ from surgery_helpers import assert_same, fingerprint
 from surgery_models import ConvBNModel, MNISTModel, mnist_batch, small_batch
 
 from weightslab.surgery import Conv2dWithNeuronOps, LinearWithNeuronOps, TrackingMode
+from weightslab.surgery.tracking import count_positive, spatial_sums, sums_shape
 
 
 def test_trigger_is_a_positive_spatial_mean_per_sample_and_neuron(device):
@@ -128,3 +129,47 @@ def test_neuron_stats_rows_match_the_counters():
         {"layer_index": 0, "neuron_index": 0, "split": "train", "trigger_count": 3, "seen_samples": 5},
         {"layer_index": 0, "neuron_index": 1, "split": "train", "trigger_count": 4, "seen_samples": 5},
     ]
+
+
+def test_count_positive_counts_rows_above_zero_exactly_nan_and_zeros_excluded():
+    sums = torch.tensor([[1.0, -0.0, float("nan")], [0.0, 2.5, float("inf")], [1e-3, -1e-3, -float("inf")]])
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        counts = count_positive(sums.to(dtype))
+        assert counts.tolist() == [2, 1, 1] and counts.dtype == torch.int64
+    assert count_positive(torch.zeros(0, 3)).tolist() == [0, 0, 0]
+    big = torch.randn(70_000, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert torch.equal(count_positive(big), (big > 0).sum(0))
+
+
+def test_count_positive_stays_exact_past_the_rows_float32_holds_exactly(monkeypatch):
+    import weightslab.surgery.tracking as tracking
+
+    monkeypatch.setattr(tracking, "_EXACT_ROWS", 4)  # chunks of 4 rows, as 2**24 rows would be
+    sums = torch.randn(11, 5, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(count_positive(sums), (sums > 0).sum(0))
+
+
+def test_spatial_sums_of_every_output_shape_and_into_a_given_tensor():
+    torch.manual_seed(0)
+    conv_out = torch.randn(4, 3, 5, 5, requires_grad=True)
+    sums = spatial_sums(conv_out, 1)
+    assert not sums.requires_grad and torch.allclose(sums, conv_out.detach().sum((2, 3)))
+    one_by_one = torch.randn(4, 3, 1, 1)
+    assert torch.equal(spatial_sums(one_by_one, 1), one_by_one.view(4, 3))  # a 1×1 map is its own sum
+    seq = torch.randn(4, 6, 2)  # a linear layer over a sequence: neurons last, summed over positions
+    assert torch.allclose(spatial_sums(seq, -1), seq.sum(1))
+    assert spatial_sums(torch.tensor([1.0, -1.0]), -1).tolist() == [[1.0, -1.0]]  # one unbatched sample
+    for output, dim in ((conv_out, 1), (one_by_one, 1), (seq, -1), (torch.randn(4, 3), -1)):
+        out = torch.full(sums_shape(output, dim), 7.0)
+        assert spatial_sums(output, dim, out=out) is out
+        assert torch.equal(out, spatial_sums(output, dim))
+
+
+def test_an_unbatched_linear_input_counts_as_one_sample():
+    layer = LinearWithNeuronOps(2, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
+    layer._wl_mode = TrackingMode.TRAIN
+    layer(torch.tensor([1.0, 1.0]))
+    assert layer.train_trigger_count.tolist() == [1, 0]
+    assert layer.train_seen_count.tolist() == [1, 1]

@@ -22,7 +22,7 @@ from torch import nn
 
 from weightslab.errors import ConfigurationError
 from weightslab.surgery.selection import check_multiplier, check_neuron_indices
-from weightslab.surgery.tracking import TrackingMode, count_positive, spatial_sums
+from weightslab.surgery.tracking import PendingSums, TrackingMode, count_positive, spatial_sums
 
 if TYPE_CHECKING:
     from weightslab.surgery.network import NetworkWithOps
@@ -36,12 +36,6 @@ __all__ = [
 ]
 
 COUNTER_NAMES = ("train_trigger_count", "train_seen_count", "eval_trigger_count", "eval_seen_count")
-
-# Batched trigger counting counts a layer's kept spatial sums after this many forwards, or sooner
-# once they hold this many elements (1 MiB in float32): at most ~1 MiB a layer, ~40 MiB for the 41
-# layers of a ResNet-18 at batch 64 (its activations take far more).
-_PENDING_FORWARDS = 64
-_PENDING_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -72,7 +66,7 @@ class NeuronLayer:
     in_attr: str | None = None
     #: Spatial sums of forwards not yet counted, while the network batches trigger counting
     #: (:meth:`NetworkWithOps.batched_trigger_counts`); None otherwise.
-    _wl_pending: list[torch.Tensor] | None = None
+    _wl_pending: PendingSums | None = None
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -85,6 +79,7 @@ class NeuronLayer:
         self._wl_lr_active = False
         self._wl_max_birth = 0
         self._wl_mult_cache: dict[str, torch.Tensor] = {}
+        module.register_load_state_dict_pre_hook(_before_load)
         module.register_load_state_dict_post_hook(_after_load)
 
     def _reset_neuron_state(self) -> None:
@@ -138,13 +133,14 @@ class NeuronLayer:
     # -- tracking -------------------------------------------------------------------------------------------
 
     def _record_triggers(self, output: torch.Tensor) -> None:
-        sums = spatial_sums(output, self.channel_dim)
         pending = self._wl_pending
         if pending is None:
-            self._count_triggers(sums)
+            self._count_triggers(spatial_sums(output, self.channel_dim))
             return
-        pending.append(sums)
-        if len(pending) >= _PENDING_FORWARDS or len(pending) * sums.numel() >= _PENDING_ELEMENTS:
+        if not pending.add(output, self.channel_dim):
+            self._flush_triggers()
+            pending.add(output, self.channel_dim)
+        if pending.full:
             self._flush_triggers()
 
     def _count_triggers(self, sums: torch.Tensor) -> None:
@@ -160,9 +156,8 @@ class NeuronLayer:
     def _flush_triggers(self) -> None:
         """Count the spatial sums kept by batched counting (in the current tracking mode)."""
         pending = self._wl_pending
-        if pending:
-            sums = pending[0] if len(pending) == 1 else torch.cat(pending)
-            pending.clear()
+        sums = pending.take() if pending is not None else None
+        if sums is not None:
             self._count_triggers(sums)
 
     def trigger_rates(self, split: str = "train") -> torch.Tensor:
@@ -274,6 +269,11 @@ class NeuronLayer:
         owner = self._owner()
         if owner is not None:
             owner._invalidate_step_targets()
+
+
+def _before_load(module: nn.Module, *args: Any) -> None:
+    layer: Any = module
+    layer._flush_triggers()  # sums kept by batched counting count before the counters are replaced
 
 
 def _after_load(module: nn.Module, incompatible: Any) -> None:

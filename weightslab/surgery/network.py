@@ -26,7 +26,7 @@ from weightslab.surgery.operations import SurgeryOperations
 from weightslab.surgery.optim_state import OptimizerBinding
 from weightslab.surgery.report import format_stats
 from weightslab.surgery.trace import trace_network
-from weightslab.surgery.tracking import TrackingMode
+from weightslab.surgery.tracking import PendingSums, TrackingMode
 
 __all__ = ["NetworkWithOps"]
 
@@ -204,7 +204,7 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
         layers = [m for m in self.modules() if isinstance(m, NeuronLayer)]
         for layer in layers:
             layer._flush_triggers()
-            layer._wl_pending = []
+            layer._wl_pending = PendingSums()
         try:
             yield
         finally:

@@ -123,6 +123,8 @@ class SurgeryOperations:
 
     def _apply_plan(self, plan: SurgeryPlan, generator: torch.Generator | None) -> None:
         by_name = {name: layer for layer, name in self._layer_names().items()}
+        for layer in by_name.values():
+            layer._flush_triggers()  # sums kept by batched counting count in the old widths
         optimizer = self.optimizer
         generator = generator or torch.Generator()
         staged = [stage_edit(by_name[edit.name], edit, optimizer, generator) for edit in plan.edits]
@@ -206,6 +208,7 @@ class SurgeryOperations:
         ratio = check_ratio(perturbation_ratio)
         seed, generator = _generator(check_seed(seed))
         optimizer = self.optimizer
+        layer._flush_triggers()  # sums kept by batched counting count before the statistics restart
         staged = stage_reinit(layer, indices, ratio, optimizer, generator)
         run_transaction([staged], optimizer, "reinit_neurons")
         layer._refresh_caches()

@@ -48,6 +48,8 @@ def load_state_resizing(network: NetworkWithOps, state_dict: Mapping[str, torch.
             )
     optimizer = network.optimizer
     undo: list[Callable[[], None]] = []
+    for layer in prefixes.values():
+        layer._flush_triggers()  # sums kept by batched counting count in the old widths
     try:
         for prefix, layer in prefixes.items():
             _resize_layer(layer, prefix, state_dict, optimizer, undo)
