@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +22,23 @@ def _assert_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> Non
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def _assert_batched_counts_like_every_forward(model: torch.nn.Module, run: Any) -> None:
+    """``run(model)`` inside a batched block leaves the counters ``run`` leaves on a twin counting each forward."""
+    twin = copy.deepcopy(model)
+    run(twin)
+    with model.batched_trigger_counts():
+        run(model)
+    _assert_equal(_counters(model), _counters(twin))
+
+
+def _train_on(inputs: list[torch.Tensor]) -> Any:
+    def run(m: torch.nn.Module) -> None:
+        m.tracking_mode = TrackingMode.TRAIN
+        for x in inputs:
+            m(x)
+    return run
 
 
 @pytest.mark.parametrize("make", [MNISTModel, ConvBNModel], ids=["tutorial", "conv-bn-linear"])
@@ -83,7 +101,6 @@ def test_a_failing_forward_inside_the_block_keeps_the_counts_of_the_completed_on
 def test_edits_inside_the_block_count_the_kept_sums_in_the_widths_they_were_taken_in():
     torch.manual_seed(0)
     model = ConvBNModel()
-    twin = copy.deepcopy(model)
     inputs = [small_batch(6, seed=i)[0] for i in range(6)]
 
     def run(m: torch.nn.Module) -> None:
@@ -99,17 +116,13 @@ def test_edits_inside_the_block_count_the_kept_sums_in_the_widths_they_were_take
         m.load_state_dict(m.state_dict())
         m(inputs[5])
 
-    run(twin)
-    with model.batched_trigger_counts():
-        run(model)
-    _assert_equal(_counters(model), _counters(twin))
+    _assert_batched_counts_like_every_forward(model, run)
     assert model.conv0.train_seen_count.tolist() == [36] * 4 + [18] * 3  # added neurons saw the last three
 
 
 def test_a_new_dtype_or_a_larger_batch_inside_the_block_is_counted_like_the_rest():
     torch.manual_seed(0)
     model = ConvBNModel()
-    twin = copy.deepcopy(model)
     small, large = small_batch(2)[0], small_batch(300, seed=1)[0]  # 300 rows > 64 forwards × 2 rows
 
     def run(m: torch.nn.Module) -> None:
@@ -121,10 +134,7 @@ def test_a_new_dtype_or_a_larger_batch_inside_the_block_is_counted_like_the_rest
         m(small.double())
         m(large.double())
 
-    run(twin)
-    with model.batched_trigger_counts():
-        run(model)
-    _assert_equal(_counters(model), _counters(twin))
+    _assert_batched_counts_like_every_forward(model, run)
     assert int(model.fc.train_seen_count[0]) == 2 * (2 + 300) + 2
 
 
@@ -134,16 +144,8 @@ def test_resnet18_batched_counts_equal_counting_every_forward():
     torch.manual_seed(0)
     model = resnet18()  # its last stage has 1×1 feature maps at 32×32 inputs
     model.train()
-    twin = copy.deepcopy(model)
     inputs = [torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    for m in (model, twin):
-        m.tracking_mode = TrackingMode.TRAIN
-    for x in inputs:
-        twin(x)
-    with model.batched_trigger_counts():
-        for x in inputs:
-            model(x)
-    _assert_equal(_counters(model), _counters(twin))
+    _assert_batched_counts_like_every_forward(model, _train_on(inputs))
     assert (model.layers[-2].train_seen_count == 9).all()
 
 
@@ -165,14 +167,6 @@ class _InPlaceAfterLinear(NetworkWithOps):
 def test_kept_sums_do_not_follow_in_place_changes_of_the_output():
     torch.manual_seed(0)
     model = _InPlaceAfterLinear()
-    twin = copy.deepcopy(model)
     inputs = [torch.randn(5, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    for m in (model, twin):
-        m.tracking_mode = TrackingMode.TRAIN
-    for x in inputs:
-        twin(x)
-    with model.batched_trigger_counts():
-        for x in inputs:
-            model(x)
-    _assert_equal(_counters(model), _counters(twin))
+    _assert_batched_counts_like_every_forward(model, _train_on(inputs))
     assert model.fc.train_trigger_count.sum() > 0
