@@ -133,13 +133,14 @@ class NeuronLayer:
     # -- tracking -------------------------------------------------------------------------------------------
 
     def _record_triggers(self, output: torch.Tensor) -> None:
+        sums = spatial_sums(output, self.channel_dim)
         pending = self._wl_pending
         if pending is None:
-            self._count_triggers(spatial_sums(output, self.channel_dim))
+            self._count_triggers(sums)
             return
-        if not pending.add(output, self.channel_dim):
+        if not pending.add(sums, output):
             self._flush_triggers()
-            pending.add(output, self.channel_dim)
+            pending.add(sums, output)
         if pending.full:
             self._flush_triggers()
 

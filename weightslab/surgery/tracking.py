@@ -20,7 +20,7 @@ from enum import Enum
 import numpy as np
 import torch
 
-__all__ = ["PendingSums", "TrackingMode", "count_positive", "spatial_sums", "sums_shape"]
+__all__ = ["PendingSums", "TrackingMode", "count_positive", "spatial_sums"]
 
 
 class TrackingMode(Enum):
@@ -35,14 +35,7 @@ class TrackingMode(Enum):
     EVAL = "eval"
 
 
-def sums_shape(output: torch.Tensor, channel_dim: int) -> tuple[int, int]:
-    """The ``[N, C]`` shape of :func:`spatial_sums` of ``output`` (a 1-d output is one sample)."""
-    if output.dim() < 2:
-        return 1, output.numel()
-    return output.shape[0], output.shape[channel_dim]
-
-
-def spatial_sums(output: torch.Tensor, channel_dim: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def spatial_sums(output: torch.Tensor, channel_dim: int) -> torch.Tensor:
     """Per-sample, per-neuron sum of ``output`` over its spatial positions: ``[N, C]``, detached.
 
     Args:
@@ -50,20 +43,25 @@ def spatial_sums(output: torch.Tensor, channel_dim: int, out: torch.Tensor | Non
             for convolutions and batch norm (``channel_dim=1``) or ``[N, *, F]`` for
             linear layers (``channel_dim=-1``); a 1-d output is one sample.
         channel_dim: the dimension holding the neurons.
-        out: where to write them (``[N, C]``, the output's dtype and device), if given.
 
     The sign of the spatial sum equals the sign of the spatial mean, so the sum
-    (one kernel cheaper) decides the trigger. A single spatial position (a 1×1
-    feature map) is its own sum: no kernel runs.
+    (one kernel cheaper) decides the trigger. Where there is one position (a linear
+    layer's ``[N, F]``, a 1×1 feature map) the output is its own sum: the result is
+    then a view of ``output``, and changes with it.
     """
     y = output.detach()
-    n, c = sums_shape(y, channel_dim)
-    if y.dim() > 2:
-        parts, dim = (y.flatten(2), 2) if channel_dim == 1 else (y.reshape(n, -1, c), 1)
-        if parts.shape[dim] != 1:
-            return parts.sum(dim) if out is None else torch.sum(parts, dim, out=out)
-    y = y.reshape(n, c)
-    return y if out is None else out.copy_(y)
+    dims = y.dim()
+    if dims > 2:
+        if channel_dim == 1:
+            parts = y.flatten(2)
+            if parts.shape[2] != 1:
+                return parts.sum(2)
+        else:
+            parts = y.reshape(y.shape[0], -1, y.shape[-1])
+            if parts.shape[1] != 1:
+                return parts.sum(1)
+        return y.reshape(y.shape[0], -1)
+    return y if dims == 2 else y.reshape(1, -1)
 
 
 # float32 holds every integer up to 2**24 exactly: counts of 0/1 summed in float32 are exact,
@@ -92,12 +90,12 @@ class PendingSums:
     """The spatial sums of many forwards of one layer, kept to be counted at once.
 
     Batched counting (:meth:`NetworkWithOps.batched_trigger_counts`) keeps each tracked
-    forward's ``[N, C]`` sums and counts them together. :meth:`add` refuses a forward
-    whose sums do not fit with the kept ones (another width, dtype or device): count the
-    kept ones (:meth:`take`) and add it again. :attr:`full` says when to count: after
-    ``max_forwards`` forwards or ``max_elements`` kept values. The defaults bound the kept
-    sums to ~1 MiB (float32) a layer: ~40 MiB for the 41 layers of a ResNet-18 at batch
-    64, whose activations take far more.
+    forward's ``[N, C]`` sums (:func:`spatial_sums`) and counts them together. :meth:`add`
+    refuses sums that do not fit with the kept ones (another width, dtype or device):
+    count the kept ones (:meth:`take`) and add them again. :attr:`full` says when to
+    count: after ``max_forwards`` forwards or ``max_elements`` kept values. The defaults
+    bound the kept sums to ~1 MiB (float32) a layer: ~40 MiB for the 41 layers of a
+    ResNet-18 at batch 64, whose activations take far more.
     """
 
     __slots__ = ("_sums", "_elements", "max_forwards", "max_elements")
@@ -108,16 +106,18 @@ class PendingSums:
         self.max_forwards = max_forwards
         self.max_elements = max_elements
 
-    def add(self, output: torch.Tensor, channel_dim: int) -> bool:
-        """Keep the spatial sums of one forward's ``output``; False (nothing kept) when they do not fit."""
+    def add(self, sums: torch.Tensor, output: torch.Tensor) -> bool:
+        """Keep ``sums`` (of ``output``); False (nothing kept) when they do not fit with the kept ones.
+
+        Sums that are a view of the output are copied: the forward may still change it in place
+        (``relu_``, ``+=``).
+        """
         kept = self._sums
         if kept:
             first = kept[0]
-            if (first.shape[1] != sums_shape(output, channel_dim)[1] or first.dtype != output.dtype
-                    or first.device != output.device):
+            if sums.shape[1] != first.shape[1] or sums.dtype != first.dtype or sums.device != first.device:
                 return False
-        sums = spatial_sums(output, channel_dim)
-        if sums.data_ptr() == output.data_ptr():  # a view of the output, which may change in place
+        if sums.data_ptr() == output.data_ptr():
             sums = sums.clone()
         kept.append(sums)
         self._elements += sums.numel()
