@@ -198,8 +198,9 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
     def batched_trigger_counts(self) -> Iterator[None]:
         """Within the block, each tracked forward only computes its layers' spatial sums; the
         counting runs once for many forwards (at most 64, or ~1 MiB of sums a layer) and when
-        the block ends or the tracking mode changes. The counters come out the same (they are
-        integers); read them after the block. The Experiment's train and eval loops use it.
+        the block ends, the tracking mode changes or an edit (prune, add, reinit, a state-dict
+        load) is about to change a layer. The counters come out the same (they are integers);
+        read them after the block. The Experiment's train and eval loops use it.
         """
         layers = [m for m in self.modules() if isinstance(m, NeuronLayer)]
         for layer in layers:
