@@ -25,6 +25,7 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -93,10 +94,23 @@ def compare(name: str, measured: Measured, limit: float, note: str = "", at_leas
 Clock = Callable[[], float]
 
 
+def _settle() -> None:
+    """Collect garbage left by set-up (model conversion, earlier repetitions) before a timed part.
+
+    Both sides call it just before their clock starts. Python's full collection walks every
+    tracked object (~430k once torch, torchvision and weightslab are imported: ~0.2 s here) and
+    runs when enough objects have survived younger collections; without this, the objects a
+    repetition's set-up leaves make one land inside some later timed call, mostly the side that
+    allocates more. Garbage made during the timed part is still collected, and counted.
+    """
+    gc.collect()
+
+
 def _plain_loop(model: torch.nn.Module, ds: Dataset, batch: int, steps: int, clock: Clock = time.perf_counter) -> float:
     opt = optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(0))
     model.train()
+    _settle()
     t = clock()
     done = 0
     while done < steps:
@@ -119,6 +133,7 @@ def _experiment_loop(make_model: Callable[[], Any], ds: Dataset, eval_ds: Datase
     exp = Experiment(model=make_model(), optimizer_class=optim.Adam, train_dataset=ds, eval_dataset=eval_ds,
                      learning_rate=1e-3, batch_size=batch, name=f"b-{uuid.uuid4().hex[:8]}", store=store,
                      progress=False, criterion=_criterion_for(make_model))
+    _settle()
     t = clock()
     done = 0
     while done < steps:
@@ -217,6 +232,7 @@ def _plain_resnet(ds: Dataset, clock: Clock = time.perf_counter) -> float:
     opt = optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     model.train()
+    _settle()
     t = clock()
     for x, y in loader:
         opt.zero_grad(set_to_none=True)
@@ -383,12 +399,14 @@ def scenario_replay(args: argparse.Namespace) -> None:
             torch.manual_seed(r)
             exp = Experiment(model=MNISTModel(), optimizer_class=optim.Adam, train_dataset=ds, eval_dataset=ev,
                              learning_rate=1e-3, batch_size=256, name=f"replay-{r}", store=store, progress=False)
+            _settle()
             t = time.perf_counter()
             for _ in range(4):
                 exp.train_n_steps(steps // 4)
             train_times.append(time.perf_counter() - t)
             exp.close()
             rep = replica(exp.store, f"replay-{r}", model=MNISTModel(), train_dataset=ds, eval_dataset=ev)
+            _settle()
             t = time.perf_counter()
             outcome = replay_to(rep, from_start=True)
             replay_times.append(time.perf_counter() - t)

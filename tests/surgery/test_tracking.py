@@ -141,11 +141,14 @@ def test_count_positive_counts_rows_above_zero_exactly_nan_and_zeros_excluded():
     assert torch.equal(count_positive(big), (big > 0).sum(0))
 
 
-def test_count_positive_stays_exact_past_the_rows_float32_holds_exactly(monkeypatch):
-    import weightslab.surgery.tracking as tracking
-
-    monkeypatch.setattr(tracking, "_EXACT_ROWS", 4)  # chunks of 4 rows, as 2**24 rows would be
-    sums = torch.randn(11, 5, generator=torch.Generator().manual_seed(2))
+def test_count_positive_stays_exact_past_the_rows_a_uint8_block_holds():
+    # 255 rows that all trigger fill a uint8 block to its limit; more rows must carry into int64
+    for rows in (254, 255, 256, 510, 511, 1000, 70_001):
+        sums = torch.ones(rows, 3)
+        sums[:, 1] = -1.0
+        sums[::7, 2] = -1.0
+        assert count_positive(sums).tolist() == [rows, 0, rows - len(range(0, rows, 7))]
+    sums = torch.randn(5_000, 9, generator=torch.Generator().manual_seed(2))
     assert torch.equal(count_positive(sums), (sums > 0).sum(0))
 
 

@@ -64,26 +64,31 @@ def spatial_sums(output: torch.Tensor, channel_dim: int) -> torch.Tensor:
     return y if dims == 2 else y.reshape(1, -1)
 
 
-# float32 holds every integer up to 2**24 exactly: counts of 0/1 summed in float32 are exact,
-# whatever the order of the additions, below that many rows.
-_EXACT_ROWS = 1 << 24
+# A uint8 sum of 0/1 rows cannot overflow within 255 rows: blocks of that many rows are added
+# exactly in uint8 (32 lanes to an AVX2 add), and the per-block counts in int64.
+_BLOCK_ROWS = 255
 
 
 def count_positive(sums: torch.Tensor) -> torch.Tensor:
     """Per-neuron number of rows of ``sums`` (``[N, C]``, see :func:`spatial_sums`) that are > 0 (int64 ``[C]``).
 
     On the CPU the comparison runs in numpy (vectorised; torch's float-to-bool comparison is
-    ~10x slower there) and the 0/1 rows are added in float32, which is exact below 2**24
-    rows; NaN is not > 0, as in torch. Elsewhere it is torch's ``(sums > 0).sum(0)``.
+    ~10x slower there) and the 0/1 rows are added as uint8 in blocks of 255 rows, which
+    cannot overflow, then the blocks' counts as int64: exact for any number of rows. NaN is
+    not > 0, as in torch. Elsewhere it is torch's ``(sums > 0).sum(0)``.
     """
     if sums.device.type != "cpu" or sums.dtype not in (torch.float32, torch.float64) or sums.shape[0] == 0:
         return (sums > 0).sum(0)
-    values = sums.detach().numpy()
-    counts = torch.zeros(sums.shape[1], dtype=torch.int64)
-    for start in range(0, len(values), _EXACT_ROWS):
-        mask = np.greater(values[start:start + _EXACT_ROWS], 0).astype(np.float32)
-        counts += torch.from_numpy(mask).sum(0).to(torch.int64)
-    return counts
+    mask = np.greater(sums.detach().numpy(), 0).view(np.uint8)
+    rows, width = mask.shape
+    if rows <= _BLOCK_ROWS:
+        return torch.from_numpy(np.add.reduce(mask, axis=0, dtype=np.uint8).astype(np.int64))
+    whole = rows - rows % _BLOCK_ROWS
+    blocks = np.add.reduce(mask[:whole].reshape(-1, _BLOCK_ROWS, width), axis=1, dtype=np.uint8)
+    counts = np.add.reduce(blocks, axis=0, dtype=np.int64)
+    if whole < rows:
+        counts += np.add.reduce(mask[whole:], axis=0, dtype=np.uint8)
+    return torch.from_numpy(counts)
 
 
 class PendingSums:
