@@ -150,6 +150,7 @@ def test_count_positive_stays_exact_past_the_rows_a_uint8_block_holds():
         assert count_positive(sums).tolist() == [rows, 0, rows - len(range(0, rows, 7))]
     sums = torch.randn(5_000, 9, generator=torch.Generator().manual_seed(2))
     assert torch.equal(count_positive(sums), (sums > 0).sum(0))
+    assert count_positive(torch.zeros(300, 0)).shape == (0,)  # a layer without neurons counts nothing
 
 
 def test_spatial_sums_of_every_output_shape():

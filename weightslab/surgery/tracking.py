@@ -84,7 +84,7 @@ def count_positive(sums: torch.Tensor) -> torch.Tensor:
     if rows <= _BLOCK_ROWS:
         return torch.from_numpy(np.add.reduce(mask, axis=0, dtype=np.uint8).astype(np.int64))
     whole = rows - rows % _BLOCK_ROWS
-    blocks = np.add.reduce(mask[:whole].reshape(-1, _BLOCK_ROWS, width), axis=1, dtype=np.uint8)
+    blocks = np.add.reduce(mask[:whole].reshape(whole // _BLOCK_ROWS, _BLOCK_ROWS, width), axis=1, dtype=np.uint8)
     counts = np.add.reduce(blocks, axis=0, dtype=np.int64)
     if whole < rows:
         counts += np.add.reduce(mask[whole:], axis=0, dtype=np.uint8)
