@@ -48,6 +48,7 @@ from bench_models import ItemByItem, PlainMNISTModel, synthetic  # noqa: E402
 
 from weightslab import Experiment, convert_to_ops  # noqa: E402
 from weightslab.demo import MNISTModel  # noqa: E402
+from weightslab.experiment.allocator import tune_malloc  # noqa: E402
 
 RESULTS: list[dict[str, Any]] = []
 
@@ -467,14 +468,19 @@ def main() -> None:
     ap.add_argument("--json", default="bench.json", help="where to write the results (default bench.json)")
     args = ap.parse_args()
     args.reps = args.reps or (2 if args.quick else 7)
+    # The first Experiment of a process tunes glibc's malloc for the whole process. Doing it before
+    # anything is timed gives every run of both sides the same allocator (WEIGHTSLAB_TUNE_MALLOC=0: neither).
+    allocator = tune_malloc()
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, " \
               f"torch {torch.__version__}, python {platform.python_version()}"
     print(f"WeightsLab benchmarks on {machine}")
+    print(f"malloc, both sides: {'tuned' if allocator.applied else 'not tuned'} ({allocator.reason})")
     print(f"  {'scenario':<34}{'baseline':>11}{'weightslab':>12} {'unit':<6}{'ratio':>8}  {'target':<10}")
     for name in args.only or SCENARIOS:
         SCENARIOS[name](args)
     with open(args.json, "w") as f:
-        json.dump({"machine": machine, "results": RESULTS}, f, indent=2)
+        json.dump({"machine": machine, "malloc": {"tuned": allocator.applied, "reason": allocator.reason},
+                   "results": RESULTS}, f, indent=2)
     print(f"results written to {args.json}")
 
 

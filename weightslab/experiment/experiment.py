@@ -34,6 +34,7 @@ from weightslab import __version__
 from weightslab.errors import ConfigurationError
 from weightslab.events.record import OperationRecord
 from weightslab.experiment import capture as capture_mod
+from weightslab.experiment.allocator import MallocTuning, tune_malloc
 from weightslab.experiment.batch_results import BatchResults
 from weightslab.experiment.checkpoints import CheckpointManager, snapshot_sources, write_state
 from weightslab.experiment.config import ExperimentConfig
@@ -108,6 +109,11 @@ class Experiment:
     Raises:
         ConfigurationError: invalid arguments (nothing is written to the store).
 
+    The first Experiment of a process raises glibc's malloc thresholds, so CPU training steps
+    reuse the memory they free instead of faulting it back in (``exp.allocator`` says what was
+    done or why not; ``WEIGHTSLAB_TUNE_MALLOC=0`` leaves malloc alone; see
+    :mod:`weightslab.experiment.allocator`).
+
     Example:
         >>> exp = Experiment(model=MNISTModel(), optimizer_class=optim.Adam, train_dataset=train_ds,
         ...                  eval_dataset=eval_ds, device="cpu", learning_rate=1e-2, batch_size=256, name="x0")
@@ -143,6 +149,9 @@ class Experiment:
             progress=progress,
         )
         self._check_arguments(model, optimizer_class, train_dataset, eval_dataset, name, recipe)
+        # Process-wide, once: CPU steps reuse the memory they free instead of faulting it back in
+        # (weightslab/experiment/allocator.py; WEIGHTSLAB_TUNE_MALLOC=0 leaves malloc alone).
+        self.allocator: MallocTuning = tune_malloc()
         self.name = name
         self.recipe = recipe
         self.device = _check_device(device)
