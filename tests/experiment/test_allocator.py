@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from weightslab.experiment.allocator import MMAP_THRESHOLD, OPT_OUT, TRIM_THRESHOLD, _tune, decide
+from weightslab.experiment.allocator import (
+    MMAP_THRESHOLD,
+    OPT_OUT,
+    TRIM_THRESHOLD,
+    _glibc_version,
+    _tune,
+    decide,
+)
 
 GLIBC = "2.36"
 
@@ -49,11 +56,7 @@ _PROBE = textwrap.dedent("""
 """)
 
 
-def _glibc() -> bool:
-    try:
-        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-    except (AttributeError, ValueError, OSError):
-        return False
+needs_glibc = pytest.mark.skipif(_glibc_version() is None, reason="glibc's malloc only (this C library is not glibc)")
 
 
 def _probe(tmp_path: Path, **env: str) -> dict:
@@ -65,7 +68,7 @@ def _probe(tmp_path: Path, **env: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not _glibc(), reason="glibc's malloc only (this C library is not glibc)")
+@needs_glibc
 def test_an_experiment_makes_freed_tensor_memory_reusable_without_faulting_it_back_in(tmp_path: Path) -> None:
     tuned = _probe(tmp_path)
     assert tuned["applied"], tuned["reason"]
@@ -73,7 +76,7 @@ def test_an_experiment_makes_freed_tensor_memory_reusable_without_faulting_it_ba
     assert tuned["faults"] < 2_000  # four 48 MiB tensors reuse the heap: next to no new pages
 
 
-@pytest.mark.skipif(not _glibc(), reason="glibc's malloc only (this C library is not glibc)")
+@needs_glibc
 def test_opting_out_leaves_glibc_mapping_and_faulting_every_large_tensor(tmp_path: Path) -> None:
     default = _probe(tmp_path, **{OPT_OUT: "0"})
     assert not default["applied"]
@@ -81,7 +84,7 @@ def test_opting_out_leaves_glibc_mapping_and_faulting_every_large_tensor(tmp_pat
     assert default["faults"] > 4 * 12_288 * 0.9  # every page of every request faulted in again
 
 
-@pytest.mark.skipif(not _glibc(), reason="glibc's malloc only (this C library is not glibc)")
+@needs_glibc
 def test_thresholds_the_user_set_in_the_environment_are_kept(tmp_path: Path) -> None:
     mine = _probe(tmp_path, MALLOC_TRIM_THRESHOLD_="131072", MALLOC_MMAP_THRESHOLD_="131072")
     assert not mine["applied"]
