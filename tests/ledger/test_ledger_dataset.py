@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -59,7 +60,7 @@ def test_worker_copy_carries_the_items_but_not_the_statistics_or_observers(synth
     assert clone[3][2] == 3 and len(clone) == len(synth)
     with pytest.raises(LedgerError, match="main process"):
         clone.get_dataframe()
-    assert "_wl_observers" not in clone.__dict__
+    pickle.dumps(synth)  # the observer (a lambda, which pickle refuses) is not part of the copy
     assert synth.stats.deny_listed[3]
 
 

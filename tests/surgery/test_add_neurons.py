@@ -41,7 +41,7 @@ def test_add_keeps_resnet_output_at_residual_and_inner_layers(training):
     model = resnet18().train(training)
     x = torch.randn(2, 3, 32, 32)
     before = model(x)
-    names = {name: i for i, name in enumerate(n for n, _ in model.named_modules() if n in _layer_names(model))}
+    names = {name: i for i, name in enumerate(model.architecture())}  # every ops layer, in layer order
     for name in ("model.layer1.0.conv2", "model.layer2.0.conv1", "model.layer3.0.downsample.0"):
         model.add_neurons(layer_index=names[name], neuron_count=2)
     assert model.model.layer1[1].conv2.out_channels == 66  # the whole residual stream widened
@@ -50,9 +50,6 @@ def test_add_keeps_resnet_output_at_residual_and_inner_layers(training):
     assert model.model.fc.in_features == 512
     assert _relative_change(before, model(x)) <= 1e-6
 
-
-def _layer_names(model):
-    return set(model._layer_names().values())
 
 
 def test_new_neurons_receive_gradient():

@@ -77,10 +77,10 @@ def test_inside_the_block_counting_waits_and_stays_bounded():
         for _ in range(63):
             model(x)
         assert model.layer0.train_seen_count.tolist() == [64 * 4] * 2  # the 64th forward counted all kept
-        assert len(model.layer0._wl_pending) == 0
+        assert model.layer0.pending_forwards == 0
         model(x)
     assert model.layer0.train_seen_count.tolist() == [65 * 4] * 2
-    assert model.layer0._wl_pending is None  # nothing kept after the block
+    assert model.layer0.pending_forwards is None  # nothing kept after the block
 
 
 def test_a_failing_forward_inside_the_block_keeps_the_counts_of_the_completed_ones():
@@ -95,7 +95,7 @@ def test_a_failing_forward_inside_the_block_keeps_the_counts_of_the_completed_on
         model(x)
         model(x[:, :0])  # no input channels: the first convolution fails, before any counting
     _assert_equal(_counters(model), _counters(twin))
-    assert model.conv0._wl_pending is None
+    assert model.conv0.pending_forwards is None
 
 
 def test_edits_inside_the_block_count_the_kept_sums_in_the_widths_they_were_taken_in():

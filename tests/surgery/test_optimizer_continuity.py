@@ -69,7 +69,7 @@ def test_prune_keeps_optimizer_state_of_survivors(model_name, optimizer_name):
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     index = {"mnist": 1, "conv_bn": 1, "resnet": 1}[model_name]
     plan = model.plan_prune(layer_index=index, neuron_indices={0, 2})
-    by_name = {name: layer for layer, name in model._layer_names().items()}
+    by_name = dict(model.named_modules())
     state = _snapshot(optimizer)
     same_object = optimizer
     model.prune(layer_index=index, neuron_indices={0, 2})

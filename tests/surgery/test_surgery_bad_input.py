@@ -11,6 +11,7 @@ from surgery_models import MNISTModel, mnist_batch
 
 from weightslab.errors import ConfigurationError, IndexSelectionError, SurgeryError
 from weightslab.surgery import TrackingMode
+from weightslab.surgery.selection import MAX_ADDED_NEURONS
 
 CASES = {
     # name: (operation, expected error, words the message must contain)
@@ -29,6 +30,15 @@ CASES = {
     "zero neuron count": (lambda m: m.add_neurons(layer_index=0, neuron_count=0), IndexSelectionError, "at least 1"),
     "negative neuron count": (lambda m: m.add_neurons(layer_index=0, neuron_count=-2), IndexSelectionError, "at least 1"),
     "float neuron count": (lambda m: m.add_neurons(layer_index=0, neuron_count=1.5), IndexSelectionError, "integer"),
+    "absurd neuron count": (
+        lambda m: m.add_neurons(layer_index=1, neuron_count=10**12), IndexSelectionError, "at most 65536 neurons"
+    ),
+    "one neuron more than a call may add": (
+        lambda m: m.add_neurons(layer_index=0, neuron_count=MAX_ADDED_NEURONS + 1), IndexSelectionError, "at most"
+    ),
+    "planning an absurd add": (
+        lambda m: m.plan_add_neurons(layer_index=1, neuron_count=10**12), IndexSelectionError, "at most 65536"
+    ),
     "negative perturbation": (
         lambda m: m.reinit_neurons(layer_index=0, neuron_indices={0}, perturbation_ratio=-0.1), ConfigurationError, ">= 0"
     ),
@@ -133,3 +143,14 @@ def test_a_failure_while_installing_rolls_every_tensor_back(trained, monkeypatch
     monkeypatch.setattr(apply, "install_data", real)
     assert_same(before, fingerprint(model, optimizer))
     model.prune(layer_index=1, neuron_indices={0})  # and the model is still editable
+
+
+def test_an_absurd_add_is_refused_before_anything_is_allocated_and_names_the_bound(trained):
+    model, optimizer = trained
+    before = fingerprint(model, optimizer)
+    with pytest.raises(IndexSelectionError) as raised:
+        model.add_neurons(layer_index=1, neuron_count=10**12)  # ~113 TiB of new rows in layer 1 alone
+    message = str(raised.value)
+    assert "one add_neurons call adds at most 65536 neurons" in message
+    assert "TiB" in message and "Add fewer neurons" in message
+    assert_same(before, fingerprint(model, optimizer))

@@ -12,8 +12,7 @@ from surgery_helpers import assert_same
 from surgery_models import MNISTModel, mnist_batch
 
 from weightslab.errors import WeightsLabError
-from weightslab.events.record import EventKind
-from weightslab.surgery.operations import METHOD_OF_KIND
+from weightslab.events.domain import EditEvent, EventKind, event_class
 
 
 def _model_with_log():
@@ -69,7 +68,9 @@ def test_replaying_the_records_rebuilds_the_same_model_and_spares_the_global_rng
     replica = MNISTModel()
     replica(mnist_batch(2)[0])
     for record in log:
-        getattr(replica, METHOD_OF_KIND[record.kind])(**record.args)
+        method = event_class(record.kind)
+        assert issubclass(method, EditEvent)
+        getattr(replica, method.METHOD)(**record.args)
     assert_same(model.state_dict(), replica.state_dict())
 
 

@@ -15,7 +15,7 @@ from weightslab.surgery.tracking import count_positive, spatial_sums
 def test_trigger_is_a_positive_spatial_mean_per_sample_and_neuron(device):
     torch.manual_seed(0)
     conv = Conv2dWithNeuronOps(2, 3, kernel_size=3).to(device)
-    conv._wl_mode = TrackingMode.TRAIN
+    conv.tracking_mode = TrackingMode.TRAIN
     x = torch.randn(50, 2, 6, 6, device=device)
     out = conv(x)
     expected = (out.detach().mean(dim=(2, 3)) > 0).sum(0)
@@ -30,7 +30,7 @@ def test_linear_triggers_count_positive_outputs():
     layer = LinearWithNeuronOps(2, 2, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
-    layer._wl_mode = TrackingMode.EVAL
+    layer.tracking_mode = TrackingMode.EVAL
     layer(torch.tensor([[1.0, 1.0], [-1.0, -1.0], [2.0, 0.0]]))
     assert layer.eval_trigger_count.tolist() == [2, 1]
     assert layer.eval_seen_count.tolist() == [3, 3]
@@ -170,7 +170,7 @@ def test_an_unbatched_linear_input_counts_as_one_sample():
     layer = LinearWithNeuronOps(2, 2, bias=False)
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
-    layer._wl_mode = TrackingMode.TRAIN
+    layer.tracking_mode = TrackingMode.TRAIN
     layer(torch.tensor([1.0, 1.0]))
     assert layer.train_trigger_count.tolist() == [1, 0]
     assert layer.train_seen_count.tolist() == [1, 1]

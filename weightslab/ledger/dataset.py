@@ -2,11 +2,13 @@
 
 It yields ``(input, label, sample_id)``, keeps the per-sample statistics of its
 split, and owns the deny/allow operations. Every operation is plan → check →
-apply → notify: the selection is computed and checked in full before the first
+apply → record: the selection is computed and checked in full before the first
 write, so a refused operation leaves the ledger unchanged and notifies nobody;
-a successful one tells each observer once, with an
+a successful one tells each observer once, as its last step, with an
 :class:`~weightslab.events.record.OperationRecord` whose ``args["ids"]`` re-executes
-it exactly (see :meth:`LedgeredDataset.apply_recorded`).
+it exactly (see :meth:`LedgeredDataset.apply_recorded`). If an observer raises
+(the event could not be written), the deny flags and dirty marks are put back
+as they were and the observer's exception propagates (write-ahead).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import numbers
 import operator
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,9 @@ import torch
 from torch.utils.data import Dataset
 
 from weightslab.errors import ConfigurationError, LedgerError
-from weightslab.events.record import EventKind, Observable, OperationRecord
+from weightslab.events.domain import EventKind
+from weightslab.events.observers import Observer, Observers
+from weightslab.events.record import OperationRecord
 from weightslab.ledger.batching import read_tensor_batch, reads_in_batches
 from weightslab.ledger.fingerprint import dataset_fingerprint
 from weightslab.ledger.selection import (
@@ -41,7 +45,7 @@ __all__ = ["LedgeredDataset"]
 Ids = Iterable[int] | np.ndarray | torch.Tensor
 
 
-class LedgeredDataset(Dataset, Observable):
+class LedgeredDataset(Dataset):
     """A map-style dataset of ``(input, label)`` pairs, with per-sample statistics and deny/allow lists.
 
     Args:
@@ -76,6 +80,8 @@ class LedgeredDataset(Dataset, Observable):
         self._size = size
         self._stats: SampleStats | None = SampleStats(size)
         self._batched = reads_in_batches(dataset)  # a plain TensorDataset: read a batch with one index
+        self._observers = Observers()
+        self._seed_source: Callable[[], int] | None = None
 
     # ------------------------------------------------------------------ dataset protocol
 
@@ -136,9 +142,53 @@ class LedgeredDataset(Dataset, Observable):
         return x, y
 
     def __getstate__(self) -> dict[str, Any]:
-        # A DataLoader worker needs only the items; statistics and observers stay here.
+        # A DataLoader worker needs only the items; statistics, observers and the seed source stay here.
         return {"_wrapped": self._wrapped, "_split": self._split, "_size": self._size, "_stats": None,
-                "_batched": self._batched}
+                "_batched": self._batched, "_observers": Observers(), "_seed_source": None}
+
+    # ------------------------------------------------------------------ observers and seeds
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(record)`` as the last step of every deny/allow on this dataset.
+
+        If the observer raises, the operation is rolled back (deny flags and dirty marks
+        as before) and the observer's exception propagates.
+        """
+        self._observers.add(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop notifying ``observer`` (no error if it was not registered)."""
+        self._observers.remove(observer)
+
+    def set_seed_source(self, source: Callable[[], int] | None) -> None:
+        """Draw the seed of a sampled deny called without ``seed=`` from ``source()``.
+
+        ``source()`` must return an int in ``0..2**62-1``; the seed used is recorded as
+        always. ``None`` removes the source (seeds are then drawn with ``secrets``).
+
+        Raises:
+            ConfigurationError: ``source`` is neither callable nor None.
+
+        Example:
+            >>> ds.set_seed_source(lambda: 1234)
+        """
+        if source is not None and not callable(source):
+            raise ConfigurationError(
+                f"a seed source must be a function returning an int in 0..2**62-1 (or None to remove it), "
+                f"got {source!r} ({type(source).__name__})"
+            )
+        self._seed_source = source
+
+    def _draw_seed(self) -> int:
+        source = self._seed_source
+        if source is None:
+            return secrets.randbits(62)
+        seed = source()
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**62:
+            raise ConfigurationError(
+                f"the seed source returned {seed!r}; it must return an int in 0..2**62-1. Nothing was changed"
+            )
+        return int(seed)
 
     def fingerprint(self) -> str:
         """``"<length>:<sha256>"`` of the wrapped dataset's length and a few items (cheap)."""
@@ -226,8 +276,9 @@ class LedgeredDataset(Dataset, Observable):
         Args:
             fn: the 7-argument predicate, as for :meth:`deny_samples_with_predicate`.
             allow_to_denied_factor: ``k``, finite and >= 0.
-            seed: seed of the random choice; drawn with ``secrets`` when None (the
-                global torch/numpy generators are not touched) and recorded.
+            seed: seed of the random choice; when None, drawn from the seed source
+                (:meth:`set_seed_source`) if one is set, else with ``secrets`` (the global
+                torch/numpy generators are not touched). Recorded either way.
 
         The kept samples are left as they were (a kept sample denied earlier stays
         denied: deny accumulates).
@@ -236,11 +287,11 @@ class LedgeredDataset(Dataset, Observable):
             how many samples became denied.
         """
         factor = check_factor(allow_to_denied_factor)
-        if seed is None:
-            seed = secrets.randbits(62)
-        elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
             raise ConfigurationError(f"seed must be an integer >= 0 or None, got {seed!r}")
         matching = np.flatnonzero(predicate_mask(fn, self.stats))
+        if seed is None:
+            seed = self._draw_seed()
         kept = sample_kept_allowed(matching, self._size - len(matching), factor, int(seed))
         target = np.setdiff1d(matching, kept, assume_unique=True)
         args = {"mode": "sampled", "allow_to_denied_factor": factor, "seed": int(seed)}
@@ -328,14 +379,22 @@ class LedgeredDataset(Dataset, Observable):
                 "train; nothing was changed. Deny fewer samples (check the predicate or query), or "
                 "allowlist some first"
             )
-        stats.deny_listed[changed] = denied
-        stats.mark_dirty(changed)
         record = OperationRecord(
             kind=EventKind.DENY if denied else EventKind.ALLOW,
             args={"ids": changed.tolist(), **args},
             result={"changed": len(changed), **(extra_result or {})},
         )
-        self._notify(record)
+        dirty = stats.take_dirty_ids()  # read the dirty marks (put back at once), to restore them on rollback
+        stats.mark_dirty(dirty)
+
+        def rollback() -> None:
+            stats.deny_listed[changed] = not denied
+            stats.take_dirty_ids()
+            stats.mark_dirty(dirty)
+
+        stats.deny_listed[changed] = denied
+        stats.mark_dirty(changed)
+        self._observers.notify(record, rollback=rollback)
         return len(changed)
 
     # ------------------------------------------------------------------ state

@@ -1,9 +1,12 @@
-"""Apply a plan: the one place where surgery mutates layers and optimizer state.
+"""Apply an edit: the one place where surgery mutates layers and optimizer state.
 
 Staging is pure (every new tensor is built first, random draws from the
 operation's own generator); committing only swaps references (``param.data``,
-buffers, optimizer state entries, width attributes) and logs how to swap them
-back, so a failure mid-way rolls back to the exact previous objects.
+buffers, optimizer state entries, width attributes) and logs in the operation's
+:class:`~weightslab.surgery.transaction.UndoLog` how to swap them back, so a
+failure mid-way, or an observer that refuses to record the edit, rolls back to
+the exact previous objects. The small edits (learning-rate multipliers, frozen
+flags, the layers' buffer summaries) are applied here too, logged alike.
 """
 
 from __future__ import annotations
@@ -21,10 +24,20 @@ from weightslab.surgery.modules import NeuronLayer, Slot
 from weightslab.surgery.optim_state import check_state_layout, param_step
 from weightslab.surgery.plan import ModuleEdit
 from weightslab.surgery.tensor_ops import draw_uniform, perturb, remap
+from weightslab.surgery.transaction import UndoLog
 
-__all__ = ["Staged", "commit", "install_data", "run_transaction", "stage_edit", "stage_reinit"]
-
-Undo = list[Callable[[], None]]
+__all__ = [
+    "Staged",
+    "commit",
+    "install_data",
+    "refresh_caches",
+    "restorer",
+    "run_transaction",
+    "set_frozen",
+    "set_multiplier",
+    "stage_edit",
+    "stage_reinit",
+]
 
 
 @dataclass
@@ -49,6 +62,16 @@ def install_data(param: torch.Tensor, new: torch.Tensor) -> None:
     other = torch.float64 if new.dtype != torch.float64 else torch.float32
     param.data = torch.empty(0, dtype=other, device=new.device)
     param.data = new
+
+
+def restorer(param: torch.Tensor, data: torch.Tensor, grad: torch.Tensor | None) -> Callable[[], None]:
+    """A step that gives ``param`` back its ``data`` and ``grad`` (for an :class:`UndoLog`)."""
+
+    def restore() -> None:
+        install_data(param, data)
+        param.grad = grad
+
+    return restore
 
 
 def _step_of(layer: NeuronLayer, optimizer: torch.optim.Optimizer | None) -> int:
@@ -184,48 +207,74 @@ def stage_reinit(
     return staged
 
 
-def commit(staged: Staged, optimizer: torch.optim.Optimizer | None, undo: Undo) -> None:
+def commit(staged: Staged, optimizer: torch.optim.Optimizer | None, log: UndoLog) -> None:
     """Install staged tensors (same Parameter objects, new ``.data``), logging the reverse swaps."""
     module: Any = staged.layer
     for name, new in staged.tensors.items():
         if name in module._parameters:
             param = module._parameters[name]
-            old_data, old_grad = param.data, param.grad
+            log.push(restorer(param, param.data, param.grad))
             install_data(param, new)
             param.grad = None
-
-            def restore(param: Any = param, data: Any = old_data, grad: Any = old_grad) -> None:
-                install_data(param, data)
-                param.grad = grad
-
-            undo.append(restore)
         else:
-            old = module._buffers[name]
-            module._buffers[name] = new
-            undo.append(partial(module._buffers.__setitem__, name, old))
+            log.set_item(module._buffers, name, new)
     if optimizer is not None:
         for name, entries in staged.state.items():
             state = optimizer.state[getattr(module, name)]
             for key, value in entries.items():
-                old = state[key]
-                state[key] = value
-                undo.append(partial(state.__setitem__, key, old))
+                log.set_item(state, key, value)
     if staged.out_width is not None or staged.in_width is not None:
-        old_out, old_in = staged.layer.neuron_count, staged.layer.incoming_count
-        staged.layer._set_widths(
-            staged.out_width if staged.out_width is not None else old_out,
+        layer = staged.layer
+        log.push(partial(layer._set_widths, layer.neuron_count, layer.incoming_count))
+        layer._set_widths(
+            staged.out_width if staged.out_width is not None else layer.neuron_count,
             staged.in_width if staged.in_width is not None else None,
         )
-        undo.append(lambda: staged.layer._set_widths(old_out, old_in))
 
 
-def run_transaction(staged: list[Staged], optimizer: torch.optim.Optimizer | None, what: str) -> None:
-    """Commit every staged layer, or none: on any error, undo and raise :class:`SurgeryError`."""
-    undo: Undo = []
+def run_transaction(
+    staged: list[Staged], optimizer: torch.optim.Optimizer | None, what: str, log: UndoLog
+) -> None:
+    """Commit every staged layer into ``log``, or none: on any error, roll ``log`` back and raise.
+
+    Raises:
+        SurgeryError: installing failed (the cause is chained); everything in ``log`` was undone.
+    """
     try:
         for item in staged:
-            commit(item, optimizer, undo)
+            commit(item, optimizer, log)
     except Exception as error:
-        for step in reversed(undo):
-            step()
+        log.rollback()
         raise SurgeryError(f"{what} failed while installing the new tensors and was rolled back: {error}") from error
+
+
+def refresh_caches(layer: NeuronLayer, log: UndoLog) -> None:
+    """Recompute the layer's buffer summaries after an edit, logging the old ones."""
+    state = layer._layer_state
+    log.push(partial(state.restore_caches, state.caches()))
+    layer._refresh_caches()
+
+
+def set_multiplier(layer: NeuronLayer, buffer_name: str, indices: list[int], lr: float, log: UndoLog) -> None:
+    """Set learning-rate multipliers in place (``lr_row_multiplier`` or ``lr_col_multiplier``), logged."""
+    buffer: torch.Tensor = getattr(layer, buffer_name)
+    log.push(partial(buffer.copy_, buffer.clone()))
+    log.push(partial(layer._layer_state.restore_caches, layer._layer_state.caches()))
+    layer._set_multiplier(buffer_name, indices, lr)
+
+
+def set_frozen(layer: NeuronLayer, flag: bool, log: UndoLog) -> None:
+    """Freeze or unfreeze one layer (flag, ``requires_grad``, dropped gradients), logged."""
+    module: Any = layer
+    frozen: torch.Tensor = module.frozen
+    params = [(p, p.requires_grad, p.grad) for p in module.parameters(recurse=False)]
+
+    def restore() -> None:
+        frozen.copy_(old_flag)
+        for param, requires_grad, grad in params:
+            param.requires_grad_(requires_grad)
+            param.grad = grad
+
+    old_flag = frozen.clone()
+    log.push(restore)
+    layer._set_frozen(flag)

@@ -6,26 +6,24 @@ and eval), learning-rate multipliers per neuron (rows) and per incoming neuron
 (columns), the optimizer step at which each row/column was (re)born (for Adam's
 bias correction of fresh moments), and a frozen flag.
 
-A layer knows the network that owns it (a weak reference set by the network), so
-an operation invoked on a layer is recorded by the network's observers.
+Everything else a layer keeps (tracking mode, buffer summaries, the weak
+reference to the network that owns it) is one :class:`LayerState`; an operation
+invoked on a layer goes to its network's surgery, which applies and records it.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from weightslab.errors import ConfigurationError
+from weightslab.surgery.layer_state import LayerState
 from weightslab.surgery.selection import check_multiplier, check_neuron_indices
 from weightslab.surgery.tracking import PendingSums, TrackingMode, count_positive, spatial_sums
-
-if TYPE_CHECKING:
-    from weightslab.surgery.network import NetworkWithOps
 
 __all__ = [
     "BatchNorm2dWithNeuronOps",
@@ -64,21 +62,14 @@ class NeuronLayer:
     channel_dim: int = 1
     out_attr: str = ""
     in_attr: str | None = None
-    #: Spatial sums of forwards not yet counted, while the network batches trigger counting
-    #: (:meth:`NetworkWithOps.batched_trigger_counts`); None otherwise.
-    _wl_pending: PendingSums | None = None
+    _layer_state: LayerState
 
     # -- construction ---------------------------------------------------------------------------------------
 
     def _init_neuron_state(self) -> None:
         module: Any = self
         self._reset_neuron_state()
-        self._wl_mode = TrackingMode.DISABLED
-        self._wl_trace: Any = None
-        self._wl_network: weakref.ref[NetworkWithOps] | None = None
-        self._wl_lr_active = False
-        self._wl_max_birth = 0
-        self._wl_mult_cache: dict[str, torch.Tensor] = {}
+        self._layer_state = LayerState()
         module.register_load_state_dict_pre_hook(_before_load)
         module.register_load_state_dict_post_hook(_after_load)
 
@@ -95,15 +86,6 @@ class NeuronLayer:
         module.register_buffer("row_birth_step", torch.zeros(out_width, dtype=torch.int64, device=device))
         module.register_buffer("col_birth_step", torch.zeros(in_width, dtype=torch.int64, device=device))
         module.register_buffer("frozen", torch.zeros((), dtype=torch.bool, device=device))
-
-    def __getstate__(self) -> dict[str, Any]:
-        # A weak reference cannot be pickled, and a copy must not route to the original network;
-        # the owning network re-binds its layers when it is unpickled or copied.
-        state = dict(self.__dict__)
-        state["_wl_network"] = None
-        state["_wl_trace"] = None
-        state.pop("_wl_pending", None)
-        return state
 
     # -- shape ----------------------------------------------------------------------------------------------
 
@@ -132,9 +114,40 @@ class NeuronLayer:
 
     # -- tracking -------------------------------------------------------------------------------------------
 
+    @property
+    def tracking_mode(self) -> TrackingMode:
+        """Which counters this layer's forward passes update (the owning network sets it for all its layers).
+
+        Example:
+            >>> conv = Conv2dWithNeuronOps(1, 2, kernel_size=3)
+            >>> conv.tracking_mode = TrackingMode.TRAIN  # a layer used on its own
+        """
+        return self._layer_state.mode
+
+    @tracking_mode.setter
+    def tracking_mode(self, mode: TrackingMode) -> None:
+        if not isinstance(mode, TrackingMode):
+            raise ConfigurationError(f"tracking_mode must be a TrackingMode, got {mode!r}.")
+        self._flush_triggers()  # kept sums count in the mode they were taken in
+        self._layer_state.mode = mode
+
+    @property
+    def pending_forwards(self) -> int | None:
+        """Forwards whose trigger counting is still to run inside a batched block, None outside one.
+
+        See :meth:`NetworkWithOps.batched_trigger_counts`.
+        """
+        pending = self._layer_state.pending
+        return None if pending is None else len(pending)
+
+    def _batch_triggers(self, on: bool) -> None:
+        """Start (keep sums) or stop (count them, keep none) batched trigger counting."""
+        self._flush_triggers()
+        self._layer_state.pending = PendingSums() if on else None
+
     def _record_triggers(self, output: torch.Tensor) -> None:
         sums = spatial_sums(output, self.channel_dim)
-        pending = self._wl_pending
+        pending = self._layer_state.pending
         if pending is None:
             self._count_triggers(sums)
             return
@@ -147,7 +160,7 @@ class NeuronLayer:
     def _count_triggers(self, sums: torch.Tensor) -> None:
         module: Any = self
         fired = count_positive(sums)
-        if self._wl_mode is TrackingMode.TRAIN:
+        if self._layer_state.mode is TrackingMode.TRAIN:
             module.train_trigger_count.add_(fired)
             module.train_seen_count.add_(sums.shape[0])
         else:
@@ -156,7 +169,7 @@ class NeuronLayer:
 
     def _flush_triggers(self) -> None:
         """Count the spatial sums kept by batched counting (in the current tracking mode)."""
-        pending = self._wl_pending
+        pending = self._layer_state.pending
         sums = pending.take() if pending is not None else None
         if sums is not None:
             self._count_triggers(sums)
@@ -175,9 +188,6 @@ class NeuronLayer:
 
     # -- per-neuron learning rate ---------------------------------------------------------------------------
 
-    def _owner(self) -> NetworkWithOps | None:
-        return self._wl_network() if self._wl_network is not None else None
-
     def set_per_neuron_learning_rate(self, neuron_indices: Iterable[int], lr: float) -> None:
         """Multiply the optimizer's update of these neurons (weight rows and bias) by ``lr``.
 
@@ -187,9 +197,9 @@ class NeuronLayer:
         Example:
             ``model.layers[0].set_per_neuron_learning_rate({0, 1}, lr=0.0)``
         """
-        owner = self._owner()
+        owner = self._layer_state.owning_surgery()
         if owner is not None:
-            owner.set_per_neuron_learning_rate(owner.layer_index_of(self), neuron_indices, lr)
+            owner.set_layer_learning_rate(self, neuron_indices, lr, incoming=False)
             return
         indices = check_neuron_indices(neuron_indices, self.neuron_count)
         self._set_multiplier("lr_row_multiplier", indices, check_multiplier(lr))
@@ -200,9 +210,9 @@ class NeuronLayer:
         Example:
             ``model.layers[1].set_per_incoming_neuron_learning_rate({0}, lr=0.5)``
         """
-        owner = self._owner()
+        owner = self._layer_state.owning_surgery()
         if owner is not None:
-            owner.set_per_incoming_neuron_learning_rate(owner.layer_index_of(self), neuron_indices, lr)
+            owner.set_layer_learning_rate(self, neuron_indices, lr, incoming=True)
             return
         self._check_has_columns()
         indices = check_neuron_indices(neuron_indices, self.incoming_count)
@@ -222,9 +232,10 @@ class NeuronLayer:
 
     def step_multiplier(self, param_name: str, like: torch.Tensor) -> torch.Tensor | None:
         """The user's per-element multiplier of ``param_name``'s update, or None when all ones."""
-        if not self._wl_lr_active:
+        state = self._layer_state
+        if not state.lr_active:
             return None
-        cached = self._wl_mult_cache.get(param_name)
+        cached = state.mult_cache.get(param_name)
         if cached is None or cached.shape != like.shape or cached.dtype != like.dtype or cached.device != like.device:
             module: Any = self
             rows = module.lr_row_multiplier
@@ -233,7 +244,7 @@ class NeuronLayer:
                 cols = module.lr_col_multiplier
                 m = m * cols.view([1, -1] + [1] * (like.dim() - 2))
             cached = m.expand(like.shape).to(device=like.device, dtype=like.dtype).contiguous()
-            self._wl_mult_cache[param_name] = cached
+            state.mult_cache[param_name] = cached
         return cached
 
     # -- freezing -------------------------------------------------------------------------------------------
@@ -261,15 +272,14 @@ class NeuronLayer:
     def _refresh_caches(self) -> None:
         """Recompute the host-side summaries of the buffers (after an edit or a load)."""
         module: Any = self
-        self._wl_mult_cache = {}
-        self._wl_lr_active = bool(
-            (module.lr_row_multiplier != 1).any() or (module.lr_col_multiplier != 1).any()
-        )
+        state = self._layer_state
+        state.mult_cache = {}
+        state.lr_active = bool((module.lr_row_multiplier != 1).any() or (module.lr_col_multiplier != 1).any())
         births = [b.max() for b in (module.row_birth_step, module.col_birth_step) if b.numel()]
-        self._wl_max_birth = int(torch.stack(births).max()) if births else 0
-        owner = self._owner()
+        state.max_birth = int(torch.stack(births).max()) if births else 0
+        owner = state.owning_surgery()
         if owner is not None:
-            owner._invalidate_step_targets()
+            owner.invalidate_step_targets()
 
 
 def _before_load(module: nn.Module, *args: Any) -> None:
@@ -324,10 +334,11 @@ class Conv2dWithNeuronOps(NeuronLayer, nn.Conv2d):
         return _uniform_bound(fan_in)
 
     def forward(self, input: torch.Tensor, skip_register: bool = False) -> torch.Tensor:
-        if self._wl_trace is not None:
-            return self._wl_trace.layer_forward(self, input)
+        state = self._layer_state
+        if state.trace is not None:
+            return state.trace.layer_forward(self, input)
         output = self._conv_forward(input, self.weight, self.bias)
-        if self._wl_mode is not TrackingMode.DISABLED and not skip_register:
+        if state.mode is not TrackingMode.DISABLED and not skip_register:
             self._record_triggers(output)
         return output
 
@@ -356,10 +367,11 @@ class LinearWithNeuronOps(NeuronLayer, nn.Linear):
         return _uniform_bound(self.in_features)
 
     def forward(self, input: torch.Tensor, skip_register: bool = False) -> torch.Tensor:
-        if self._wl_trace is not None:
-            return self._wl_trace.layer_forward(self, input)
+        state = self._layer_state
+        if state.trace is not None:
+            return state.trace.layer_forward(self, input)
         output = nn.functional.linear(input, self.weight, self.bias)
-        if self._wl_mode is not TrackingMode.DISABLED and not skip_register:
+        if state.mode is not TrackingMode.DISABLED and not skip_register:
             self._record_triggers(output)
         return output
 
@@ -393,9 +405,10 @@ class BatchNorm2dWithNeuronOps(NeuronLayer, nn.BatchNorm2d):
         return 0.0
 
     def forward(self, input: torch.Tensor, skip_register: bool = False) -> torch.Tensor:
-        if self._wl_trace is not None:
-            return self._wl_trace.layer_forward(self, input)
+        state = self._layer_state
+        if state.trace is not None:
+            return state.trace.layer_forward(self, input)
         output = nn.BatchNorm2d.forward(self, input)
-        if self._wl_mode is not TrackingMode.DISABLED and not skip_register:
+        if state.mode is not TrackingMode.DISABLED and not skip_register:
             self._record_triggers(output)
         return output

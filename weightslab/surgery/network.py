@@ -1,57 +1,47 @@
 """``NetworkWithOps``: an ``nn.Module`` whose ops layers can be edited while it trains.
 
-The network owns: the layer order that ``layer_index`` refers to (``self.layers``,
-else the order in which ops layers are registered), the tracking mode, the model
-age, the traced dependency graph (re-traced after every structural edit), the
-attached optimizer's step hooks, and the observers that hear of every successful
-operation. The editing operations themselves live in ``operations.py``.
+The network is composed of three objects, one attribute each: its
+:class:`NetworkState` (layer order, tracking mode, example input and traced
+graph, optimizer hooks, seed source), its :class:`Surgery` (the editing
+operations, plan → check → apply → record), and its :class:`Observers` (told of
+every operation as the last step of its transaction). The public methods below
+delegate to them; the model age is a buffer, so checkpoints carry it.
 """
 
 from __future__ import annotations
 
+import copy
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from weightslab.errors import ConfigurationError, SurgeryError
-from weightslab.events.record import Observable
+from weightslab.errors import ConfigurationError
+from weightslab.events.observers import Observer, Observers
 from weightslab.surgery.graph import Graph
+from weightslab.surgery.layer_state import LayerOwner
 from weightslab.surgery.modules import NeuronLayer
-from weightslab.surgery.operations import SurgeryOperations
-from weightslab.surgery.optim_state import OptimizerBinding
+from weightslab.surgery.network_state import NetworkState, check_layers
+from weightslab.surgery.operations import Surgery
+from weightslab.surgery.plan import SurgeryPlan
 from weightslab.surgery.report import format_stats
-from weightslab.surgery.trace import trace_network
-from weightslab.surgery.tracking import PendingSums, TrackingMode
+from weightslab.surgery.resize import load_state_resizing
+from weightslab.surgery.selection import check_seed_source
+from weightslab.surgery.tracking import TrackingMode
 
 __all__ = ["NetworkWithOps"]
 
-_TRANSIENT = ("_wl_observers", "_wl_binding", "_wl_graph", "_wl_targets", "_wl_example_hook")
-
-
-def _module(layer: NeuronLayer) -> nn.Module:
-    return layer  # type: ignore[return-value]  # every NeuronLayer is also an nn.Module
-
-
-def _check_layers(layers: list[Any]) -> None:
-    wrong = [type(m).__name__ for m in layers if not isinstance(m, NeuronLayer)]
-    if wrong:
-        raise ConfigurationError(
-            f"self.layers may only hold Conv2dWithNeuronOps / LinearWithNeuronOps / BatchNorm2dWithNeuronOps "
-            f"layers, got {wrong}; convert plain layers with convert_to_ops(model)."
-        )
-
 
 def _remember_example(network: NetworkWithOps, args: tuple[Any, ...]) -> None:
-    if network._wl_example is None and args and isinstance(args[0], torch.Tensor) and not network._wl_tracing:
-        network._remember(args[0])
+    state = network._state
+    if state.example is None and args and isinstance(args[0], torch.Tensor) and not state.tracing:
+        state.remember(args[0])
 
 
-class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
+class NetworkWithOps(nn.Module):
     """Base class of editable networks (subclass it like ``nn.Module``).
 
     Example:
@@ -67,55 +57,49 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
     """
 
     model_age: torch.Tensor
-    _wl_tracking_mode: TrackingMode
-    _wl_graph: Graph | None
-    _wl_example: tuple[tuple[int, ...], torch.dtype] | None
-    _wl_binding: OptimizerBinding | None
-    _wl_tracing: bool
-    _wl_targets: list[tuple[torch.Tensor, NeuronLayer, str]] | None
+    _state: NetworkState
+    _surgery: Surgery
+    _observers: Observers
 
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("model_age", torch.zeros((), dtype=torch.int64))
-        state = self.__dict__
-        state["_wl_tracking_mode"] = TrackingMode.DISABLED
-        state["_wl_layers"] = None
-        state["_wl_graph"] = None
-        state["_wl_example"] = None
-        state["_wl_binding"] = None
-        state["_wl_tracing"] = False
-        state["_wl_targets"] = None
-        state["_wl_example_hook"] = self.register_forward_pre_hook(_remember_example)
+        self._state = NetworkState(self)
+        self._observers = Observers()
+        self._surgery = Surgery(self._state, self._observers)
+        self._state.example_hook = self.register_forward_pre_hook(_remember_example)
 
     # -- binding of layers ----------------------------------------------------------------------------------
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "layers" and isinstance(value, nn.ModuleList | nn.Sequential):
             # nn.Module registers the container without calling the property setter.
-            _check_layers(list(value))
-            self.__dict__["_wl_layers"] = value
+            check_layers(list(value))
+            self._state.explicit_layers = value
         super().__setattr__(name, value)
-        if isinstance(value, nn.Module) and "_wl_tracking_mode" in self.__dict__:
+        if isinstance(value, nn.Module) and getattr(self, "_surgery", None) is not None:
             self._bind(value)
 
     def _bind(self, root: nn.Module) -> None:
-        ref = weakref.ref(self)
+        """Make every ops layer under ``root`` route its operations to this network."""
+        owner: LayerOwner = self._surgery
         for module in root.modules():
             if isinstance(module, NeuronLayer):
-                module._wl_network = ref
-                module._wl_mode = self._wl_tracking_mode
-        self._forget_graph()
-        self._invalidate_step_targets()
+                module._layer_state.owner = weakref.ref(owner)
+                module._layer_state.mode = self._state.tracking_mode
+        self._state.forget_graph()
+        self._state.invalidate_step_targets()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        for key in _TRANSIENT:
-            state.pop(key, None)
+        state = super().__getstate__()
+        state["_state"] = copy.copy(self._state)  # detached (even for copy.copy): the copy binds it to itself
+        state.pop("_surgery", None)  # weakly tied to this network: the copy builds its own
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.update({"_wl_binding": None, "_wl_graph": None, "_wl_targets": None})
+        self._state.bind_network(self)
+        self._surgery = Surgery(self._state, self._observers)
         self._bind(self)
 
     # -- layers ---------------------------------------------------------------------------------------------
@@ -127,23 +111,15 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
         Assign a list (``self.layers = [...]``) to choose the order; by default, every
         ops layer in registration order.
         """
-        explicit = self.__dict__.get("_wl_layers")
-        if isinstance(explicit, nn.Module):
-            return list(explicit)  # type: ignore[call-overload]
-        if explicit is not None:
-            return explicit
-        return [m for m in self.modules() if isinstance(m, NeuronLayer)]
+        return self._state.layers()
 
     @layers.setter
     def layers(self, value: Any) -> None:
         layers = list(value)
-        _check_layers(layers)
-        self.__dict__["_wl_layers"] = value if isinstance(value, list) else layers
+        check_layers(layers)
+        self._state.explicit_layers = value if isinstance(value, list) else layers
         for layer in layers:
             self._bind(layer)
-
-    def _layer_names(self) -> dict[NeuronLayer, str]:
-        return {m: name for name, m in self.named_modules() if isinstance(m, NeuronLayer)}
 
     def layer_index_of(self, layer: NeuronLayer) -> int:
         """Position of ``layer`` in ``self.layers``.
@@ -151,48 +127,23 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
         Raises:
             ConfigurationError: the layer is not listed.
         """
-        for index, candidate in enumerate(self.layers):
-            if candidate is layer:
-                return index
-        raise ConfigurationError(
-            f"this {type(layer).__name__} is not in model.layers, so it has no layer_index; add it to "
-            "self.layers to edit it."
-        )
-
-    def _label(self, name: str) -> str:
-        by_name = {n: m for m, n in self._layer_names().items()}
-        layer = by_name.get(name)
-        for index, candidate in enumerate(self.layers):
-            if candidate is layer:
-                return f"layer {index} ({name or 'root'}: {type(layer).__name__})"
-        return f"module {name} ({type(layer).__name__})"
-
-    def _name_of(self, layer: NeuronLayer) -> str:
-        names = self._layer_names()
-        if layer not in names:
-            raise ConfigurationError(
-                f"a {type(layer).__name__} in model.layers is not a submodule of the model; assign it as an "
-                "attribute (self.x = ...) before listing it in self.layers."
-            )
-        return names[layer]
+        return self._state.layer_index_of(layer)
 
     # -- tracking and age -----------------------------------------------------------------------------------
 
     @property
     def tracking_mode(self) -> TrackingMode:
         """Which neuron counters forward passes update (``TrackingMode.TRAIN/EVAL/DISABLED``)."""
-        return self.__dict__.get("_wl_tracking_mode", TrackingMode.DISABLED)
+        return self._state.tracking_mode
 
     @tracking_mode.setter
     def tracking_mode(self, mode: TrackingMode) -> None:
         if not isinstance(mode, TrackingMode):
             raise ConfigurationError(f"tracking_mode must be a TrackingMode, got {mode!r}.")
-        self.__dict__["_wl_tracking_mode"] = mode
-        if "_modules" in self.__dict__:
-            for module in self.modules():
-                if isinstance(module, NeuronLayer):
-                    module._flush_triggers()  # kept sums count in the mode they were taken in
-                    module._wl_mode = mode
+        self._state.tracking_mode = mode
+        for module in self.modules():
+            if isinstance(module, NeuronLayer):
+                module.tracking_mode = mode
 
     @contextmanager
     def batched_trigger_counts(self) -> Iterator[None]:
@@ -204,14 +155,12 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
         """
         layers = [m for m in self.modules() if isinstance(m, NeuronLayer)]
         for layer in layers:
-            layer._flush_triggers()
-            layer._wl_pending = PendingSums()
+            layer._batch_triggers(True)
         try:
             yield
         finally:
             for layer in layers:
-                layer._flush_triggers()
-                layer._wl_pending = None
+                layer._batch_triggers(False)
 
     @property
     def age(self) -> int:
@@ -220,19 +169,13 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
 
     def maybe_update_age(self, input: torch.Tensor) -> None:
         """Add the batch size of ``input`` to the model age when the model is training."""
-        if self._wl_tracing:
+        state = self._state
+        if state.tracing:
             return
         if self.training:
             self.model_age.add_(input.shape[0])
-        if self._wl_example is None:
-            self._remember(input)
-
-    def _remember(self, input: torch.Tensor) -> None:
-        if self._wl_example is None and input.dim() >= 1:
-            self._wl_example = (tuple(input.shape[1:]), input.dtype)
-            hook = self.__dict__.pop("_wl_example_hook", None)
-            if hook is not None:
-                hook.remove()
+        if state.example is None:
+            state.remember(input)
 
     def set_example_input(self, example: torch.Tensor) -> None:
         """Give the input shape used to trace the network (one sample or a batch, batch first).
@@ -241,47 +184,129 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
         """
         if not isinstance(example, torch.Tensor) or example.dim() < 1:
             raise ConfigurationError("set_example_input expects a tensor with a batch dimension, e.g. x[:1].")
-        self._wl_example = None
-        self._remember(example)
-        self._forget_graph()
-
-    # -- tracing --------------------------------------------------------------------------------------------
-
-    def _example_batch(self) -> torch.Tensor:
-        if self._wl_example is None:
-            raise SurgeryError(
-                "the model has not seen an input yet, so its layer dependencies cannot be traced; run one "
-                "forward pass (or call model.set_example_input(x)) before editing its structure."
-            )
-        shape, dtype = self._wl_example
-        first = next(iter(self.parameters()), None)
-        device = first.device if first is not None else torch.device("cpu")
-        if first is not None and dtype.is_floating_point and first.dtype.is_floating_point:
-            dtype = first.dtype  # follow model.double() / .half() done after the first forward
-        return torch.zeros((2, *shape), dtype=dtype, device=device)
-
-    def _trace(self, planned: Mapping[str, np.ndarray] | None = None) -> Graph:
-        example = self._example_batch()
-        self.__dict__["_wl_tracing"] = True
-        try:
-            return trace_network(self, (example,), self._layer_names(), planned)
-        finally:
-            self.__dict__["_wl_tracing"] = False
-
-    def _forget_graph(self) -> None:
-        """Drop the cached trace (after a structural edit); the next edit re-traces."""
-        self.__dict__["_wl_graph"] = None
+        self._state.example = None
+        self._state.remember(example)
+        self._state.forget_graph()
 
     def dependency_graph(self) -> Graph:
         """The traced dependency graph (cached until the next structural edit)."""
-        if self._wl_graph is None:
-            try:
-                self._wl_graph = self._trace()
-            except SurgeryError:
-                raise
-            except Exception as error:
-                raise SurgeryError(f"tracing the forward pass with a dummy input failed: {error}") from error
-        return self._wl_graph
+        return self._state.dependency_graph()
+
+    # -- observers and seeds --------------------------------------------------------------------------------
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call ``observer(record)`` as the last step of every operation on this model or its layers.
+
+        If the observer raises, the operation is rolled back (weights, optimizer state,
+        settings: all as before) and the observer's exception propagates.
+        """
+        self._observers.add(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Stop notifying ``observer`` (no error if it was not registered)."""
+        self._observers.remove(observer)
+
+    def set_seed_source(self, source: Callable[[], int] | None) -> None:
+        """Draw the seeds of ``add_neurons`` / ``reinit_neurons`` called without ``seed=`` from ``source()``.
+
+        ``source()`` must return an int in ``0..2**62-1``; the seed used is recorded as
+        always. ``None`` removes the source (seeds are then drawn with ``secrets``). The
+        source is not copied with the model.
+
+        Example:
+            >>> seeds = iter(range(100))
+            >>> model.set_seed_source(lambda: next(seeds))
+        """
+        self._state.seed_source = check_seed_source(source)
+
+    # -- editing operations ---------------------------------------------------------------------------------
+
+    def plan_prune(self, layer_index: int, neuron_indices: Iterable[int]) -> SurgeryPlan:
+        """The printable plan of :meth:`prune` (nothing is changed)."""
+        return self._surgery.plan_prune(layer_index, neuron_indices)
+
+    def plan_add_neurons(self, layer_index: int, neuron_count: int) -> SurgeryPlan:
+        """The printable plan of :meth:`add_neurons` (nothing is changed)."""
+        return self._surgery.plan_add_neurons(layer_index, neuron_count)
+
+    def add_neurons(self, layer_index: int, neuron_count: int, seed: int | None = None) -> None:
+        """Add ``neuron_count`` neurons to a layer (and to its coupled group), preserving the function.
+
+        New neurons get incoming weights drawn like the layer's initializer and zero
+        outgoing weights, so the output does not change, yet they receive gradient.
+        A following batch norm, the next layers' input columns and residual partners
+        are widened alike; new neurons get fresh optimizer state and zero counters.
+        One call adds at most 65,536 neurons (``selection.MAX_ADDED_NEURONS``).
+
+        Raises:
+            IndexSelectionError: bad ``layer_index`` or ``neuron_count`` (or more than the bound).
+            SurgeryError: the layer's neurons are model outputs, or its coupling cannot be resolved.
+
+        Example:
+            ``model.add_neurons(layer_index=0, neuron_count=4)``
+        """
+        self._surgery.add_neurons(layer_index, neuron_count, seed)
+
+    def prune(self, layer_index: int, neuron_indices: Iterable[int]) -> None:
+        """Remove neurons from a layer and from everything coupled with it.
+
+        Smaller weight tensors: the layer's rows, a following batch norm's channels, the
+        next layers' input columns (H×W column blocks after a flatten), residual
+        partners' channels. Survivors keep weights, statistics, settings and optimizer
+        state bit-exactly.
+
+        Raises:
+            IndexSelectionError: bad ``layer_index`` or ``neuron_indices``.
+            SurgeryError: pruning every neuron, model outputs, or an unresolvable coupling.
+
+        Example:
+            ``model.prune(layer_index=0, neuron_indices={0, 2, 4})``
+        """
+        self._surgery.prune(layer_index, neuron_indices)
+
+    def reinit_neurons(
+        self,
+        layer_index: int,
+        neuron_indices: Iterable[int],
+        perturbation_ratio: float | None = None,
+        seed: int | None = None,
+    ) -> None:
+        """Re-draw the incoming weights of some neurons (or perturb them: ``w + r·|w|·U(-1, 1)``).
+
+        Their optimizer state and statistics restart; learning-rate settings are kept.
+
+        Example:
+            ``model.reinit_neurons(layer_index=0, neuron_indices={5, 6}, perturbation_ratio=0.2)``
+        """
+        self._surgery.reinit_neurons(layer_index, neuron_indices, perturbation_ratio, seed)
+
+    def set_per_neuron_learning_rate(self, layer_index: int, neuron_indices: Iterable[int], lr: float) -> None:
+        """Multiply the optimizer's update of these neurons by ``lr`` (see the layer method)."""
+        self._surgery.set_per_neuron_learning_rate(layer_index, neuron_indices, lr)
+
+    def set_per_incoming_neuron_learning_rate(
+        self, layer_index: int, neuron_indices: Iterable[int], lr: float
+    ) -> None:
+        """Multiply the optimizer's update of these incoming neurons' weight columns by ``lr``."""
+        self._surgery.set_per_incoming_neuron_learning_rate(layer_index, neuron_indices, lr)
+
+    def freeze_layers_up_to_idx(self, up_to_index: int) -> None:
+        """Freeze layers ``0..up_to_index`` (inclusive) and their batch norms.
+
+        Frozen parameters get no gradient, so no optimizer (weight decay included) moves them.
+
+        Example:
+            ``model.freeze_layers_up_to_idx(1)``
+        """
+        self._surgery.freeze_layers_up_to_idx(up_to_index)
+
+    def unfreeze_layers_from_idx(self, from_index: int) -> None:
+        """Unfreeze layers ``from_index..end`` and their batch norms.
+
+        Example:
+            ``model.unfreeze_layers_from_idx(1)``
+        """
+        self._surgery.unfreeze_layers_from_idx(from_index)
 
     # -- optimizer ------------------------------------------------------------------------------------------
 
@@ -291,53 +316,24 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
         The Experiment calls this; call it yourself when you train with your own optimizer.
         Installs step hooks on the optimizer (replacing those of a previously attached one).
         """
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ConfigurationError(f"attach_optimizer expects a torch.optim.Optimizer, got {type(optimizer).__name__}.")
-        self.detach_optimizer()
-        self._wl_binding = OptimizerBinding(self, optimizer)
-        for layer in self._layer_names():
-            weight = getattr(layer, "weight", None)
-            module: Any = layer
-            if weight is not None and weight not in optimizer.state and layer._wl_max_birth:
-                module.row_birth_step.zero_()
-                module.col_birth_step.zero_()
-                layer._refresh_caches()
+        self._state.attach_optimizer(optimizer)
 
     def detach_optimizer(self) -> None:
         """Remove the hooks of the attached optimizer, if any."""
-        if self._wl_binding is not None:
-            self._wl_binding.detach()
-            self._wl_binding = None
+        self._state.detach_optimizer()
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
         """The attached optimizer, or None."""
-        binding = self.__dict__.get("_wl_binding")
-        return binding.optimizer if binding is not None else None
+        return self._state.optimizer
 
-    def _invalidate_step_targets(self) -> None:
-        self.__dict__["_wl_targets"] = None
-
-    def _step_targets(self) -> list[tuple[torch.Tensor, NeuronLayer, str]]:
-        targets: list[tuple[torch.Tensor, NeuronLayer, str]] | None = self._wl_targets
-        if targets is None:
-            targets = []
-            for layer in self._layer_names():
-                if layer._wl_lr_active or layer._wl_max_birth > 0:
-                    for role in ("weight", "bias"):
-                        param = getattr(layer, role, None)
-                        if isinstance(param, nn.Parameter):
-                            targets.append((param, layer, role))
-            self.__dict__["_wl_targets"] = targets
-        return targets
-
-    # -- checkpoints ----------------------------------------------------------------------------------------
+    # -- checkpoints and statistics -------------------------------------------------------------------------
 
     def architecture(self) -> dict[str, dict[str, list[int]]]:
         """Parameter shapes of every ops layer by qualified name (JSON-serialisable)."""
         return {
             name: {p: list(t.shape) for p, t in _module(layer).named_parameters(recurse=False)}
-            for layer, name in self._layer_names().items()
+            for layer, name in self._state.layer_names().items()
         }
 
     def load_state_resizing(self, state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -349,15 +345,11 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
         Raises:
             ConfigurationError: keys missing or unexpected, or a shape mismatch outside ops layers.
         """
-        from weightslab.surgery.resize import load_state_resizing
-
-        load_state_resizing(self, state_dict)
-
-    # -- statistics -----------------------------------------------------------------------------------------
+        load_state_resizing(self, self._state, state_dict)
 
     def stats_report(self) -> str:
         """Per layer and neuron, the train and eval trigger rates (the ``display_stats`` text)."""
-        names = self._layer_names()
+        names = self._state.layer_names()
         return format_stats([(i, names.get(layer, "?"), layer) for i, layer in enumerate(self.layers)])
 
     def neuron_stats(self) -> list[dict[str, Any]]:
@@ -373,3 +365,7 @@ class NetworkWithOps(SurgeryOperations, Observable, nn.Module):
                     for n, (t, s) in enumerate(zip(triggers, seen))
                 ]
         return rows
+
+
+def _module(layer: NeuronLayer) -> nn.Module:
+    return layer  # type: ignore[return-value]  # every NeuronLayer is also an nn.Module

@@ -1,96 +1,138 @@
-"""The editing operations of ``NetworkWithOps``: validate, plan, apply, record.
+"""The editing operations of a network: validate, plan, apply, record (write-ahead).
 
-Each operation validates every argument and builds every new tensor before the
-first mutation (a refused operation changes nothing and records nothing), then
-installs the result in one transaction, and finally hands exactly one
-:class:`OperationRecord` to the network's observers. Random draws come from a
-local generator seeded with the recorded ``seed`` (drawn with ``secrets`` when
-not given, so torch's global RNG is never consumed).
+:class:`Surgery` holds the seven editing operations of a :class:`NetworkWithOps`
+(whose public methods delegate to it) and is the owner an ops layer calls when
+an operation is invoked on the layer. Each operation validates every argument
+and builds every new tensor before the first mutation (a refused operation
+changes nothing and records nothing), applies the result in one transaction
+whose :class:`~weightslab.surgery.transaction.UndoLog` covers every mutation, and
+as the transaction's last step hands exactly one :class:`OperationRecord` to the
+network's observers: if an observer raises, everything is rolled back and the
+observer's exception propagates unchanged. Random draws come from a local
+generator seeded with the recorded ``seed``: the caller's, else the owner's seed
+source, else one drawn with ``secrets`` (torch's global RNG is never consumed).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 
 from weightslab.errors import SurgeryError
-from weightslab.events.record import EventKind, OperationRecord
-from weightslab.surgery.apply import run_transaction, stage_edit, stage_reinit
+from weightslab.events.domain import EventKind
+from weightslab.events.observers import Observers
+from weightslab.events.record import OperationRecord
+from weightslab.surgery.apply import (
+    refresh_caches,
+    run_transaction,
+    set_frozen,
+    set_multiplier,
+    stage_edit,
+    stage_reinit,
+)
 from weightslab.surgery.modules import BatchNorm2dWithNeuronOps, NeuronLayer
+from weightslab.surgery.network_state import NetworkState
 from weightslab.surgery.plan import SurgeryPlan, add_keys, finish_plan, prune_keys
 from weightslab.surgery.selection import (
     check_count,
+    check_drawn_seed,
     check_layer_index,
     check_multiplier,
     check_neuron_indices,
     check_ratio,
     check_seed,
 )
+from weightslab.surgery.transaction import UndoLog
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    import numpy as np
-
-    from weightslab.surgery.graph import Graph
-
-__all__ = ["METHOD_OF_KIND", "SurgeryOperations"]
-
-# Event kind → the NetworkWithOps method that re-executes it with the record's args as kwargs.
-METHOD_OF_KIND = {
-    EventKind.ADD_NEURONS: "add_neurons",
-    EventKind.PRUNE: "prune",
-    EventKind.REINIT_NEURONS: "reinit_neurons",
-    EventKind.SET_NEURON_LR: "set_per_neuron_learning_rate",
-    EventKind.SET_INCOMING_NEURON_LR: "set_per_incoming_neuron_learning_rate",
-    EventKind.FREEZE: "freeze_layers_up_to_idx",
-    EventKind.UNFREEZE: "unfreeze_layers_from_idx",
-}
+__all__ = ["Surgery"]
 
 
-def _generator(seed: int | None) -> tuple[int, torch.Generator]:
-    if seed is None:
-        seed = secrets.randbits(62)
+def _generator(seed: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return seed, generator
+    return generator
 
 
-class SurgeryOperations:
-    """Mixin of :class:`NetworkWithOps` holding the public editing operations."""
+def _bytes_per_neuron(layer: NeuronLayer) -> int:
+    """Memory one more neuron takes in ``layer`` itself (its row of every per-neuron tensor)."""
+    total = 0
+    for slot in layer.slots():
+        tensor = getattr(layer, slot.name)
+        if tensor is not None and slot.row_dim is not None:
+            shape = list(tensor.shape)
+            shape[slot.row_dim] = 1
+            total += math.prod(shape) * tensor.element_size()
+    return total
 
-    if TYPE_CHECKING:  # provided by NetworkWithOps
 
-        @property
-        def layers(self) -> list[NeuronLayer]: ...
-        @property
-        def optimizer(self) -> torch.optim.Optimizer | None: ...
-        def _layer_names(self) -> dict[NeuronLayer, str]: ...
-        def _name_of(self, layer: NeuronLayer) -> str: ...
-        def _label(self, name: str) -> str: ...
-        def dependency_graph(self) -> Graph: ...
-        def _trace(self, planned: Mapping[str, np.ndarray] | None = None) -> Graph: ...
-        def _notify(self, record: OperationRecord) -> None: ...
-        def _invalidate_step_targets(self) -> None: ...
-        def _forget_graph(self) -> None: ...
+class Surgery:
+    """The editing operations of one network (see the module docstring).
 
-    def _resolve(self, layer_index: Any) -> tuple[int, NeuronLayer, str]:
-        layers = self.layers
-        index = check_layer_index(layer_index, len(layers))
-        layer = layers[index]
-        return index, layer, self._name_of(layer)
+    Args:
+        state: the network's :class:`NetworkState` (layers, graph, optimizer, seed source).
+        observers: the network's observers, told of every operation as its last step.
 
-    def _widths(self) -> list[int]:
-        return [layer.neuron_count for layer in self.layers]
+    ``NetworkWithOps`` builds one and delegates to it; layers reach it through a weak
+    reference, so that ``model.layers[0].set_per_neuron_learning_rate(...)`` is applied
+    and recorded like ``model.set_per_neuron_learning_rate(0, ...)``.
+    """
+
+    def __init__(self, state: NetworkState, observers: Observers) -> None:
+        self._state = state
+        self._observers = observers
+
+    # -- the transaction ------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[UndoLog]:
+        """An undo log that is rolled back if the block raises (an observer included)."""
+        log = UndoLog()
+        try:
+            yield log
+        except BaseException:
+            log.rollback()
+            raise
+
+    def _record(self, log: UndoLog, record: OperationRecord) -> None:
+        """The last step of a transaction: the observers keep the operation, or it is rolled back."""
+        self._observers.notify(record, rollback=log.rollback)
+
+    def _forget_derived(self, log: UndoLog, *, graph: bool) -> None:
+        """Drop (logged) what the network derives from its layers: step targets, and the trace if ``graph``."""
+        log.set_attr(self._state, "targets", None)
+        if graph:
+            log.set_attr(self._state, "graph", None)
+
+    def _draw_seed(self, seed: int | None) -> int:
+        if seed is not None:
+            return seed
+        source = self._state.seed_source
+        return secrets.randbits(62) if source is None else check_drawn_seed(source())
+
+    def invalidate_step_targets(self) -> None:
+        """Forget which parameters the optimizer's step hooks adjust (see :class:`LayerOwner`)."""
+        self._state.invalidate_step_targets()
 
     # -- structural edits -----------------------------------------------------------------------------------
 
+    def _resolve(self, layer_index: Any) -> tuple[int, NeuronLayer, str]:
+        layers = self._state.layers()
+        index = check_layer_index(layer_index, len(layers))
+        layer = layers[index]
+        return index, layer, self._state.name_of(layer)
+
+    def _widths(self) -> list[int]:
+        return [layer.neuron_count for layer in self._state.layers()]
+
     def _plan(self, kind: str, name: str, indices: list[int] | None, count: int | None) -> SurgeryPlan:
-        graph = self.dependency_graph()
-        label = self._label
+        state = self._state
+        graph = state.dependency_graph()
+        label = state.label
         if name not in graph.executed:
             raise SurgeryError(f"cannot {kind} {label(name)}: the forward pass does not use it.")
         if indices is not None:
@@ -101,93 +143,60 @@ class SurgeryOperations:
             planned, fresh = add_keys(graph, name, count, label)
             removed = set()
         try:
-            new_graph = self._trace(planned)
+            new_graph = state.trace(planned)
         except Exception as error:
             raise SurgeryError(
                 f"cannot {kind} {label(name)}: the forward pass fails with the new widths ({error}). Does "
                 "forward() hard-code a size (e.g. x.view(-1, 320))? Use x.view(x.size(0), -1) instead."
             ) from error
-        order = list(self._layer_names().values())
+        order = list(state.layer_names().values())
         return finish_plan(kind, name, graph, new_graph, planned, removed, fresh, label, order)
 
     def plan_prune(self, layer_index: int, neuron_indices: Iterable[int]) -> SurgeryPlan:
         """The printable plan of :meth:`prune` (nothing is changed)."""
         index, layer, name = self._resolve(layer_index)
         indices = check_neuron_indices(neuron_indices, layer.neuron_count)
-        return self._plan("prune", name, indices, None)
+        return self._plan(EventKind.PRUNE, name, indices, None)
 
     def plan_add_neurons(self, layer_index: int, neuron_count: int) -> SurgeryPlan:
         """The printable plan of :meth:`add_neurons` (nothing is changed)."""
         index, layer, name = self._resolve(layer_index)
-        return self._plan("add_neurons", name, None, check_count(neuron_count))
+        return self._plan(EventKind.ADD_NEURONS, name, None, check_count(neuron_count, _bytes_per_neuron(layer)))
 
-    def _apply_plan(self, plan: SurgeryPlan, generator: torch.Generator | None) -> None:
-        by_name = {name: layer for layer, name in self._layer_names().items()}
+    def _apply_plan(self, plan: SurgeryPlan, generator: torch.Generator, log: UndoLog) -> None:
+        by_name = {name: layer for layer, name in self._state.layer_names().items()}
         for layer in by_name.values():
             layer._flush_triggers()  # sums kept by batched counting count in the old widths
-        optimizer = self.optimizer
-        generator = generator or torch.Generator()
+        optimizer = self._state.optimizer
         staged = [stage_edit(by_name[edit.name], edit, optimizer, generator) for edit in plan.edits]
-        run_transaction(staged, optimizer, plan.kind)
+        self._forget_derived(log, graph=True)
+        run_transaction(staged, optimizer, plan.kind, log)
         for edit in plan.edits:
-            by_name[edit.name]._refresh_caches()
-        self._forget_graph()
-        self._invalidate_step_targets()
+            refresh_caches(by_name[edit.name], log)
 
     def add_neurons(self, layer_index: int, neuron_count: int, seed: int | None = None) -> None:
-        """Add ``neuron_count`` neurons to a layer (and to its coupled group), preserving the function.
-
-        New neurons get incoming weights drawn like the layer's initializer and zero
-        outgoing weights, so the output does not change, yet they receive gradient.
-        A following batch norm, the next layers' input columns and residual partners
-        are widened alike; new neurons get fresh optimizer state and zero counters.
-
-        Raises:
-            IndexSelectionError: bad ``layer_index`` or ``neuron_count``.
-            SurgeryError: the layer's neurons are model outputs, or its coupling cannot be resolved.
-
-        Example:
-            ``model.add_neurons(layer_index=0, neuron_count=4)``
-        """
+        """See :meth:`NetworkWithOps.add_neurons`."""
         index, layer, name = self._resolve(layer_index)
-        count = check_count(neuron_count)
-        seed, generator = _generator(check_seed(seed))
-        plan = self._plan("add_neurons", name, None, count)
-        self._apply_plan(plan, generator)
-        self._notify(
-            OperationRecord(
-                EventKind.ADD_NEURONS,
-                {"layer_index": index, "neuron_count": count, "seed": seed},
-                {"widths": self._widths(), "changed": [e.name for e in plan.edits]},
-            )
-        )
+        count = check_count(neuron_count, _bytes_per_neuron(layer))
+        seed = check_seed(seed)
+        plan = self._plan(EventKind.ADD_NEURONS, name, None, count)
+        seed = self._draw_seed(seed)
+        with self._transaction() as log:
+            self._apply_plan(plan, _generator(seed), log)
+            args = {"layer_index": index, "neuron_count": count, "seed": seed}
+            result = {"widths": self._widths(), "changed": [e.name for e in plan.edits]}
+            self._record(log, OperationRecord(EventKind.ADD_NEURONS, args, result))
 
     def prune(self, layer_index: int, neuron_indices: Iterable[int]) -> None:
-        """Remove neurons from a layer and from everything coupled with it.
-
-        Smaller weight tensors: the layer's rows, a following batch norm's channels, the
-        next layers' input columns (H×W column blocks after a flatten), residual
-        partners' channels. Survivors keep weights, statistics, settings and optimizer
-        state bit-exactly.
-
-        Raises:
-            IndexSelectionError: bad ``layer_index`` or ``neuron_indices``.
-            SurgeryError: pruning every neuron, model outputs, or an unresolvable coupling.
-
-        Example:
-            ``model.prune(layer_index=0, neuron_indices={0, 2, 4})``
-        """
+        """See :meth:`NetworkWithOps.prune`."""
         index, layer, name = self._resolve(layer_index)
         indices = check_neuron_indices(neuron_indices, layer.neuron_count)
-        plan = self._plan("prune", name, indices, None)
-        self._apply_plan(plan, None)
-        self._notify(
-            OperationRecord(
-                EventKind.PRUNE,
-                {"layer_index": index, "neuron_indices": indices},
-                {"widths": self._widths(), "changed": [e.name for e in plan.edits]},
-            )
-        )
+        plan = self._plan(EventKind.PRUNE, name, indices, None)
+        with self._transaction() as log:
+            self._apply_plan(plan, torch.Generator(), log)
+            args = {"layer_index": index, "neuron_indices": indices}
+            result = {"widths": self._widths(), "changed": [e.name for e in plan.edits]}
+            self._record(log, OperationRecord(EventKind.PRUNE, args, result))
 
     def reinit_neurons(
         self,
@@ -196,97 +205,88 @@ class SurgeryOperations:
         perturbation_ratio: float | None = None,
         seed: int | None = None,
     ) -> None:
-        """Re-draw the incoming weights of some neurons (or perturb them: ``w + r·|w|·U(-1, 1)``).
-
-        Their optimizer state and statistics restart; learning-rate settings are kept.
-
-        Example:
-            ``model.reinit_neurons(layer_index=0, neuron_indices={5, 6}, perturbation_ratio=0.2)``
-        """
+        """See :meth:`NetworkWithOps.reinit_neurons`."""
         index, layer, name = self._resolve(layer_index)
         indices = check_neuron_indices(neuron_indices, layer.neuron_count)
         ratio = check_ratio(perturbation_ratio)
-        seed, generator = _generator(check_seed(seed))
-        optimizer = self.optimizer
+        seed = self._draw_seed(check_seed(seed))
+        optimizer = self._state.optimizer
         layer._flush_triggers()  # sums kept by batched counting count before the statistics restart
-        staged = stage_reinit(layer, indices, ratio, optimizer, generator)
-        run_transaction([staged], optimizer, "reinit_neurons")
-        layer._refresh_caches()
-        self._notify(
-            OperationRecord(
-                EventKind.REINIT_NEURONS,
-                {"layer_index": index, "neuron_indices": indices, "perturbation_ratio": ratio, "seed": seed},
-                {"changed": [name]},
-            )
-        )
+        staged = stage_reinit(layer, indices, ratio, optimizer, _generator(seed))
+        with self._transaction() as log:
+            self._forget_derived(log, graph=False)
+            run_transaction([staged], optimizer, EventKind.REINIT_NEURONS, log)
+            refresh_caches(layer, log)
+            args = {"layer_index": index, "neuron_indices": indices, "perturbation_ratio": ratio, "seed": seed}
+            self._record(log, OperationRecord(EventKind.REINIT_NEURONS, args, {"changed": [name]}))
 
     # -- learning rates and freezing ------------------------------------------------------------------------
 
-    def set_per_neuron_learning_rate(
-        self, layer_index: int, neuron_indices: Iterable[int], lr: float
-    ) -> None:
-        """Multiply the optimizer's update of these neurons by ``lr`` (see the layer method)."""
-        self._set_lr(EventKind.SET_NEURON_LR, layer_index, neuron_indices, lr, incoming=False)
+    def set_per_neuron_learning_rate(self, layer_index: int, neuron_indices: Iterable[int], lr: float) -> None:
+        """See :meth:`NetworkWithOps.set_per_neuron_learning_rate`."""
+        self._set_lr(*self._resolve(layer_index), neuron_indices, lr, incoming=False)
 
     def set_per_incoming_neuron_learning_rate(
         self, layer_index: int, neuron_indices: Iterable[int], lr: float
     ) -> None:
-        """Multiply the optimizer's update of these incoming neurons' weight columns by ``lr``."""
-        self._set_lr(EventKind.SET_INCOMING_NEURON_LR, layer_index, neuron_indices, lr, incoming=True)
+        """See :meth:`NetworkWithOps.set_per_incoming_neuron_learning_rate`."""
+        self._set_lr(*self._resolve(layer_index), neuron_indices, lr, incoming=True)
 
-    def _set_lr(self, kind: str, layer_index: int, neuron_indices: Iterable[int], lr: float,
-                *, incoming: bool) -> None:
-        """Check, set the row (or column) multipliers, and report one record."""
-        index, layer, name = self._resolve(layer_index)
+    def set_layer_learning_rate(
+        self, layer: NeuronLayer, neuron_indices: Iterable[int], lr: float, *, incoming: bool
+    ) -> None:
+        """The per-neuron (``incoming``: per-incoming-neuron) learning rate of a layer called on the layer.
+
+        Raises:
+            ConfigurationError: the layer is not in ``model.layers`` (it has no layer_index to record).
+        """
+        index = self._state.layer_index_of(layer)
+        self._set_lr(index, layer, self._state.name_of(layer), neuron_indices, lr, incoming=incoming)
+
+    def _set_lr(
+        self, index: int, layer: NeuronLayer, name: str, neuron_indices: Iterable[int], lr: float, *, incoming: bool
+    ) -> None:
+        """Check, set the row (or column) multipliers, and record one operation."""
         if incoming:
             layer._check_has_columns()
         indices = check_neuron_indices(neuron_indices, layer.incoming_count if incoming else layer.neuron_count)
         value = check_multiplier(lr)
-        layer._set_multiplier("lr_col_multiplier" if incoming else "lr_row_multiplier", indices, value)
-        self._notify(
-            OperationRecord(kind, {"layer_index": index, "neuron_indices": indices, "lr": value}, {"changed": [name]})
-        )
+        kind = EventKind.SET_INCOMING_NEURON_LR if incoming else EventKind.SET_NEURON_LR
+        with self._transaction() as log:
+            self._forget_derived(log, graph=False)
+            set_multiplier(layer, "lr_col_multiplier" if incoming else "lr_row_multiplier", indices, value, log)
+            args = {"layer_index": index, "neuron_indices": indices, "lr": value}
+            self._record(log, OperationRecord(kind, args, {"changed": [name]}))
 
     def _with_partners(self, chosen: list[NeuronLayer]) -> list[NeuronLayer]:
         # Batch norms that are not in self.layers follow the layer whose output they normalise.
-        listed = set(map(id, self.layers))
-        names = self._layer_names()
+        listed = set(map(id, self._state.layers()))
+        names = self._state.layer_names()
         loose = [m for m in names if isinstance(m, BatchNorm2dWithNeuronOps) and id(m) not in listed]
         if not loose:
             return chosen
-        graph = self.dependency_graph()
+        graph = self._state.dependency_graph()
         chosen_names = {names[m] for m in chosen}
         return chosen + [m for m in loose if graph.bn_origin.get(names[m]) in chosen_names]
 
-    def _set_frozen(self, layers: list[NeuronLayer], flag: bool) -> list[str]:
-        names = self._layer_names()
-        for layer in layers:
-            layer._set_frozen(flag)
-        self._invalidate_step_targets()
-        return [names[m] for m in layers]
+    def _set_frozen(self, kind: str, args: dict[str, int], layers: list[NeuronLayer], flag: bool) -> None:
+        names = self._state.layer_names()
+        with self._transaction() as log:
+            self._forget_derived(log, graph=False)
+            for layer in layers:
+                set_frozen(layer, flag, log)
+            self._record(log, OperationRecord(kind, args, {"changed": [names[m] for m in layers]}))
 
     def freeze_layers_up_to_idx(self, up_to_index: int) -> None:
-        """Freeze layers ``0..up_to_index`` (inclusive) and their batch norms.
-
-        Frozen parameters get no gradient, so no optimizer (weight decay included) moves them.
-
-        Example:
-            ``model.freeze_layers_up_to_idx(1)``
-        """
-        layers = self.layers
+        """See :meth:`NetworkWithOps.freeze_layers_up_to_idx`."""
+        layers = self._state.layers()
         index = check_layer_index(up_to_index, len(layers))
         targets = self._with_partners(layers[: index + 1])
-        changed = self._set_frozen(targets, True)
-        self._notify(OperationRecord(EventKind.FREEZE, {"up_to_index": index}, {"changed": changed}))
+        self._set_frozen(EventKind.FREEZE, {"up_to_index": index}, targets, True)
 
     def unfreeze_layers_from_idx(self, from_index: int) -> None:
-        """Unfreeze layers ``from_index..end`` and their batch norms.
-
-        Example:
-            ``model.unfreeze_layers_from_idx(1)``
-        """
-        layers = self.layers
+        """See :meth:`NetworkWithOps.unfreeze_layers_from_idx`."""
+        layers = self._state.layers()
         index = check_layer_index(from_index, len(layers))
         targets = self._with_partners(layers[index:])
-        changed = self._set_frozen(targets, False)
-        self._notify(OperationRecord(EventKind.UNFREEZE, {"from_index": index}, {"changed": changed}))
+        self._set_frozen(EventKind.UNFREEZE, {"from_index": index}, targets, False)

@@ -21,17 +21,24 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from weightslab.errors import SurgeryError
+from weightslab.surgery.modules import NeuronLayer
 
-if TYPE_CHECKING:
-    from weightslab.surgery.modules import NeuronLayer
-    from weightslab.surgery.network import NetworkWithOps
+__all__ = ["OptimizerBinding", "StepTarget", "StepTargets", "check_state_layout", "param_step"]
 
-__all__ = ["OptimizerBinding", "check_state_layout", "param_step"]
+#: A parameter whose update the step hooks may adjust, its layer, and its role ("weight" or "bias").
+StepTarget = tuple[torch.Tensor, NeuronLayer, str]
+
+
+class StepTargets(Protocol):
+    """Where the step hooks find the parameters to adjust (the network's state)."""
+
+    def step_targets(self) -> list[StepTarget]:
+        """The parameters of layers with non-unit multipliers or young rows."""
 
 # Past this age the bias-correction ratio is 1 within float32 precision (β2 = 0.999).
 YOUNG_STEPS = 20_000
@@ -73,11 +80,16 @@ def _adam_ratio(t: int, births: torch.Tensor, beta1: float, beta2: float) -> tor
 
 
 class OptimizerBinding:
-    """The step hooks that one network installs on one optimizer."""
+    """The step hooks that one network installs on one optimizer.
 
-    def __init__(self, network: NetworkWithOps, optimizer: torch.optim.Optimizer) -> None:
+    Args:
+        targets: the network's state (held weakly: the optimizer does not keep the network alive).
+        optimizer: the optimizer to hook.
+    """
+
+    def __init__(self, targets: StepTargets, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
-        self._network = weakref.ref(network)
+        self._targets = weakref.ref(targets)
         self._adam = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW)
         self._snapshots: list[tuple[torch.Tensor, NeuronLayer, str, torch.Tensor]] = []
         self._handles = [
@@ -99,16 +111,17 @@ class OptimizerBinding:
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._snapshots = []
-        network = self._network()
-        if network is None:
+        targets = self._targets()
+        if targets is None:
             return
-        for param, layer, role in network._step_targets():
+        for param, layer, role in targets.step_targets():
             if param.grad is None:
                 continue
-            young = self._adam and layer._wl_max_birth > 0 and (
-                param_step(optimizer, param) + 1 - layer._wl_max_birth < YOUNG_STEPS
+            state = layer._layer_state
+            young = self._adam and state.max_birth > 0 and (
+                param_step(optimizer, param) + 1 - state.max_birth < YOUNG_STEPS
             )
-            if layer._wl_lr_active or young:
+            if state.lr_active or young:
                 self._snapshots.append((param, layer, role, param.detach().clone()))
 
     @torch.no_grad()
@@ -125,7 +138,7 @@ class OptimizerBinding:
 
     def _young_ratio(self, param: torch.Tensor, layer: NeuronLayer, role: str) -> torch.Tensor | None:
         t = param_step(self.optimizer, param)
-        if t == 0 or t - layer._wl_max_birth >= YOUNG_STEPS:
+        if t == 0 or t - layer._layer_state.max_birth >= YOUNG_STEPS:
             return None
         group = self._group_of(param)
         beta1, beta2 = (float(b) for b in group.get("betas", (0.9, 0.999)))

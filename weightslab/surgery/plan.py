@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from weightslab.errors import SurgeryError
+from weightslab.events.domain import EventKind
 from weightslab.surgery.graph import Graph
 from weightslab.surgery.tensor_ops import match_occurrences
 
@@ -75,7 +76,7 @@ def prune_keys(
         SurgeryError: pinned channels (model outputs, untraceable ops) or a layer of the
             coupled group that would lose all its neurons.
     """
-    keys = _selected_keys(graph, name, label, "prune")[indices]
+    keys = _selected_keys(graph, name, label, EventKind.PRUNE)[indices]
     classes = graph.classes_of(keys)
     reason = graph.pin_reason(classes)
     if reason is not None:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
 from weightslab.errors import ConfigurationError
-from weightslab.surgery.apply import install_data
-
-if TYPE_CHECKING:
-    from weightslab.surgery.network import NetworkWithOps
+from weightslab.surgery.apply import install_data, restorer
+from weightslab.surgery.network_state import NetworkState
+from weightslab.surgery.transaction import UndoLog
 
 __all__ = ["load_state_resizing"]
 
@@ -22,8 +22,8 @@ def _preview(keys: set[str]) -> str:
     return ", ".join(shown) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
-def load_state_resizing(network: NetworkWithOps, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """See :meth:`NetworkWithOps.load_state_resizing`."""
+def load_state_resizing(network: nn.Module, state: NetworkState, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """See :meth:`NetworkWithOps.load_state_resizing` (``state`` is the network's :class:`NetworkState`)."""
     own = network.state_dict()
     missing, unexpected = set(own) - set(state_dict), set(state_dict) - set(own)
     if missing or unexpected:
@@ -33,7 +33,7 @@ def load_state_resizing(network: NetworkWithOps, state_dict: Mapping[str, torch.
             + (f"unexpected {_preview(unexpected)}; " if unexpected else "")
             + "load a checkpoint of this model class."
         )
-    names = network._layer_names()
+    names = state.layer_names()
     prefixes = {name + "." if name else "": layer for layer, name in names.items()}
     owned: dict[str, tuple[Any, str]] = {}
     for prefix, layer in prefixes.items():
@@ -46,31 +46,22 @@ def load_state_resizing(network: NetworkWithOps, state_dict: Mapping[str, torch.
                 f"{key} has shape {tuple(value.shape)} in the state dict but {tuple(own[key].shape)} in the model, "
                 "and it is not part of an ops layer that could be resized."
             )
-    optimizer = network.optimizer
-    undo: list[Callable[[], None]] = []
+    optimizer = state.optimizer
+    log = UndoLog()
     for layer in prefixes.values():
         layer._flush_triggers()  # sums kept by batched counting count in the old widths
     try:
         for prefix, layer in prefixes.items():
-            _resize_layer(layer, prefix, state_dict, optimizer, undo)
-        network._forget_graph()
+            _resize_layer(layer, prefix, state_dict, optimizer, log)
+        state.forget_graph()
         network.load_state_dict(state_dict, strict=True)
     except Exception as error:
-        for step in reversed(undo):
-            step()
+        log.rollback()
         for layer in names:
             layer._refresh_caches()
         raise ConfigurationError(f"loading the state dict failed and was rolled back: {error}") from error
-    network._forget_graph()
-    network._invalidate_step_targets()
-
-
-def _restorer(param: torch.Tensor, data: torch.Tensor, grad: torch.Tensor | None) -> Callable[[], None]:
-    def restore() -> None:
-        install_data(param, data)
-        param.grad = grad
-
-    return restore
+    state.forget_graph()
+    state.invalidate_step_targets()
 
 
 def _resize_layer(
@@ -78,28 +69,25 @@ def _resize_layer(
     prefix: str,
     state_dict: Mapping[str, torch.Tensor],
     optimizer: torch.optim.Optimizer | None,
-    undo: list[Callable[[], None]],
+    log: UndoLog,
 ) -> None:
     for tname, param in list(layer._parameters.items()):
         if param is None or param.shape == state_dict[prefix + tname].shape:
             continue
         target = state_dict[prefix + tname]
-        old_data, old_grad = param.data, param.grad
+        log.push(restorer(param, param.data, param.grad))
         install_data(param, torch.zeros(target.shape, dtype=param.dtype, device=param.device))
         param.grad = None
-        undo.append(_restorer(param, old_data, old_grad))
         if optimizer is not None and param in optimizer.state:
-            old_state = optimizer.state.pop(param)
-            undo.append(partial(optimizer.state.__setitem__, param, old_state))
+            log.push(partial(optimizer.state.__setitem__, param, optimizer.state.pop(param)))
     for tname, buffer in list(layer._buffers.items()):
         if buffer is None or buffer.shape == state_dict[prefix + tname].shape:
             continue
         target = state_dict[prefix + tname]
-        layer._buffers[tname] = torch.zeros(target.shape, dtype=buffer.dtype, device=buffer.device)
-        undo.append(partial(layer._buffers.__setitem__, tname, buffer))
+        log.set_item(layer._buffers, tname, torch.zeros(target.shape, dtype=buffer.dtype, device=buffer.device))
     old_out, old_in = layer.neuron_count, layer.incoming_count
     out_width = int(state_dict[prefix + "lr_row_multiplier"].shape[0])
     in_width = int(state_dict[prefix + "lr_col_multiplier"].shape[0])
     if (out_width, in_width) != (old_out, old_in):
+        log.push(partial(layer._set_widths, old_out, old_in if layer.in_attr else None))
         layer._set_widths(out_width, in_width if layer.in_attr else None)
-        undo.append(lambda: layer._set_widths(old_out, old_in if layer.in_attr else None))

@@ -18,16 +18,23 @@ import torch
 from weightslab.errors import ConfigurationError, IndexSelectionError
 
 __all__ = [
+    "MAX_ADDED_NEURONS",
     "check_count",
+    "check_drawn_seed",
     "check_index",
     "check_layer_index",
     "check_multiplier",
     "check_neuron_indices",
     "check_ratio",
     "check_seed",
+    "check_seed_source",
 ]
 
 _MAX_SEED = 2**63
+_MAX_DRAWN_SEED = 2**62
+#: The most neurons one ``add_neurons`` call may add: far beyond any layer's useful growth, and
+#: small enough that planning (a traced forward at the new width) cannot exhaust memory.
+MAX_ADDED_NEURONS = 65_536
 
 
 def _as_int(value: Any, what: str) -> int:
@@ -108,11 +115,35 @@ def check_neuron_indices(neuron_indices: Any, width: int, what: str = "neuron_in
     return sorted(values)
 
 
-def check_count(neuron_count: Any) -> int:
-    """A positive number of neurons to add."""
+def _size(nbytes: int) -> str:
+    value, unit = float(nbytes), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:,.1f} {unit}"
+
+
+def check_count(neuron_count: Any, bytes_per_neuron: int = 0) -> int:
+    """A number of neurons to add: at least 1, at most :data:`MAX_ADDED_NEURONS`.
+
+    Args:
+        neuron_count: the caller's value.
+        bytes_per_neuron: memory one new neuron takes in its layer (named in the refusal).
+
+    Raises:
+        IndexSelectionError: not an integer, below 1, or above the bound (checked before
+            anything is allocated).
+    """
     count = _as_int(neuron_count, "neuron_count")
     if count <= 0:
         raise IndexSelectionError(f"neuron_count must be at least 1, got {count}.")
+    if count > MAX_ADDED_NEURONS:
+        need = f", and these would take {_size(count * bytes_per_neuron)} in this layer alone" if bytes_per_neuron else ""
+        raise IndexSelectionError(
+            f"neuron_count {count} is too large: one add_neurons call adds at most {MAX_ADDED_NEURONS} "
+            f"neurons{need}. Add fewer neurons (in several calls if you really need that many)."
+        )
     return count
 
 
@@ -141,6 +172,33 @@ def check_multiplier(lr: Any) -> float:
     return _finite_non_negative(
         lr, "lr", "it multiplies the optimizer's step: 1.0 is normal, 0.0 freezes the neurons."
     )
+
+
+def check_seed_source(source: Any) -> Any:
+    """``None`` or a callable that takes no argument (an owner's source of seeds).
+
+    Raises:
+        ConfigurationError: anything else.
+    """
+    if source is not None and not callable(source):
+        raise ConfigurationError(
+            f"a seed source must be a function returning an int in 0..2**62-1 (or None to remove it), "
+            f"got {source!r} ({type(source).__name__})."
+        )
+    return source
+
+
+def check_drawn_seed(value: Any) -> int:
+    """A seed returned by a seed source: an int in ``0..2**62-1``.
+
+    Raises:
+        ConfigurationError: anything else (the operation is refused, nothing changed).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) < _MAX_DRAWN_SEED:
+        raise ConfigurationError(
+            f"the seed source returned {value!r}; it must return an int in 0..2**62-1. Nothing was changed."
+        )
+    return int(value)
 
 
 def check_seed(seed: Any) -> int | None:

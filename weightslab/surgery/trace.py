@@ -357,7 +357,7 @@ def trace_network(
     tracer = _Tracer(layer_names, bases)
     modes = {m: m.training for m in network.modules()}
     for layer in layer_names:
-        layer._wl_trace = tracer
+        layer._layer_state.trace = tracer
     network.eval()
     try:
         with torch.no_grad(), tracer:
@@ -368,7 +368,7 @@ def trace_network(
                     tracer.pin(entry[0], _OUTPUT_REASON, overwrite=True)
     finally:
         for layer in layer_names:
-            layer._wl_trace = None
+            layer._layer_state.trace = None
         for module, training in modes.items():
             module.training = training
     graph = tracer.graph
