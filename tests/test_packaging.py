@@ -24,7 +24,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_contains_migrations_and_every_subpackage(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("weightslab/migrations/env.py", "weightslab/migrations/script.py.mako",
-                   "weightslab/migrations/versions/0001_initial_schema.py", "weightslab/cli.py"):
+                   "weightslab/migrations/versions/0001_initial_schema.py", "weightslab/cli/__init__.py"):
         assert needed in names
     for pkg in (p for p in (ROOT / "weightslab").rglob("__init__.py")):
         rel = pkg.relative_to(ROOT).as_posix()

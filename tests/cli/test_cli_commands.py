@@ -123,3 +123,40 @@ def test_store_defaults_to_the_environment_variable(built, capsys, monkeypatch):
     monkeypatch.setenv("WEIGHTSLAB_STORE", built.target)
     code, out, _ = call_cli(capsys, "experiments")
     assert code == 0 and NAME in out
+
+
+def test_one_format_option_with_json_and_csv_as_shorthands(built, capsys):
+    for cmd in (["experiments"], ["events", NAME, "--from", "3", "--to", "4"], ["sql", "SELECT seq, kind FROM events"]):
+        for fmt in ("json", "csv", "table"):
+            long_form = call_cli(capsys, *cmd, "--store", built.target, "--format", fmt)
+            short_form = call_cli(capsys, *cmd, "--store", built.target, f"--{fmt}")
+            assert long_form == short_form and long_form[0] == 0, (cmd, fmt)
+        with pytest.raises(SystemExit) as info:
+            call_cli(capsys, *cmd, "--store", built.target, "--json", "--csv")
+        assert info.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    for cmd in (["audit", NAME], ["lineage", NAME], ["diff", NAME, "1", "2"]):
+        code, out, _ = call_cli(capsys, *cmd, "--store", built.target, "--format", "json")
+        assert code == 0 and isinstance(json.loads(out), dict), cmd
+
+
+def test_tables_align_numbers_right_and_cut_long_cells(built, capsys):
+    code, out, _ = call_cli(capsys, "sql", "SELECT kind, COUNT(*) AS n, MAX(hash) AS hash FROM events "
+                            "GROUP BY kind ORDER BY n DESC", "--store", built.target)
+    header, rule, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["kind", "n", "hash"] and set(rule) == {"-", " "}
+    n_end = header.index(" n") + 2
+    assert all(row[n_end - 1].isdigit() and row[n_end] == " " for row in rows)  # right-aligned under "n"
+    assert max(len(c) for row in rows for c in row.split("  ") if c) <= 60 and "…" in out
+
+
+def test_read_only_commands_leave_the_database_file_untouched(tmp_path, capsys):
+    from store_builder import build_store
+
+    build_store(str(tmp_path / "store")).store.close()
+    db = tmp_path / "store" / "weightslab.db"
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+    for cmd in (["experiments"], ["events", NAME], ["audit"], ["lineage", NAME], ["diff", NAME, "1", "2"],
+                ["sql", "SELECT COUNT(*) FROM events"], ["export", NAME, str(tmp_path / "out")], ["db", "current"]):
+        code, _, err = call_cli(capsys, *cmd, "--store", str(tmp_path / "store"))
+        assert code == 0, (cmd, err)
+    assert (db.read_bytes(), db.stat().st_mtime_ns) == before

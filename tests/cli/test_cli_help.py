@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 from cli_helpers import run_cli
@@ -47,3 +48,23 @@ def test_help_runs_as_a_subprocess_and_lists_every_command():
         assert name in top.stdout
     sub = run_cli("diff", "--help")
     assert sub.returncode == 0 and "example" in sub.stdout and "weightslab diff x0 1 2" in sub.stdout
+
+
+@pytest.mark.parametrize(("name", "formats"), [
+    ("experiments", "{table,json,csv}"), ("events", "{table,json,csv}"), ("sql", "{table,json,csv}"),
+    ("audit", "{text,json}"), ("diff", "{text,json}"), ("replay", "{text,json}"),
+    ("lineage", "{text,dot,mermaid,json}"),
+])
+def test_every_command_that_prints_data_has_one_format_option(name, formats):
+    parser = next(p for n, _, p in SUBCOMMANDS if n == name)
+    text = parser.format_help()
+    assert f"--format {formats}" in text and "--json" in text
+
+
+def test_the_cli_is_a_package_with_one_module_per_command():
+    import weightslab.cli as cli
+
+    package = Path(cli.__file__).parent
+    modules = {p.stem for p in package.glob("*.py")}
+    assert {"experiments", "events", "audit", "lineage", "diff", "replay", "sql", "export", "db"} <= modules
+    assert {"options", "output", "__main__"} <= modules

@@ -341,7 +341,7 @@ ctor("reopen/different-train-data", ConfigurationError, "reopen it with the same
      name="victim", train_dataset=_relabel(0, lambda y: y))
 ctor("reopen/different-optimizer", ConfigurationError, "optimizer_class", name="victim", optimizer_class=optim.SGD)
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:1/test"
-ctor("store=unreachable-server", StoreUnavailableError, "Check that the server is running", store=UNREACHABLE)
+ctor("store=unreachable-server", StoreUnavailableError, "check that the server is running", store=UNREACHABLE)
 ctor("store=malformed-url", StoreUnavailableError, "expected e.g.", store="postgresql+psycopg://u@h:notaport/db")
 ctor("store=unsupported-backend", StoreUnavailableError, "use a directory", store="mysql://u@h/db")
 ctor("store=in-memory", StoreUnavailableError, "give a file path", store="sqlite://")
@@ -355,7 +355,7 @@ def _store(v: Victim) -> Any:
 
 
 S = "store."
-add(f"{S}open/unreachable-server", lambda v: _open(UNREACHABLE), StoreUnavailableError, "Check that the server")
+add(f"{S}open/unreachable-server", lambda v: _open(UNREACHABLE), StoreUnavailableError, "check that the server")
 add(f"{S}open/malformed-url", lambda v: _open("postgresql+psycopg://u@h:notaport/db"), StoreUnavailableError,
     "expected e.g.")
 add(f"{S}open/unsupported-backend", lambda v: _open("oracle://u@h/db"), StoreUnavailableError, "use a directory")
@@ -395,7 +395,7 @@ R = "replay."
 
 
 def _replica(v: Victim) -> Any:
-    from weightslab.experiment import replay
+    from weightslab.experiment import replica as replay
 
     if "replica" not in v.extras:
         train_ds_, eval_ds_ = v.data
@@ -408,20 +408,20 @@ def _replica(v: Victim) -> Any:
 
 def _replay(fn: str, *args: Any) -> Callable[[Victim], Any]:
     def act(v: Victim) -> Any:
-        from weightslab.experiment import replay
+        from weightslab.experiment import replica as replay
 
         return getattr(replay, fn)(*args)
     return act
 
 
 add(f"{R}replica/unknown-experiment",
-    lambda v: __import__("weightslab.experiment.replay").experiment.replay.replica(v.exp.store, "nope"),
+    lambda v: __import__("weightslab.experiment.replica").experiment.replica.replica(v.exp.store, "nope"),
     UnknownExperimentError, "experiments: 'victim'")
 add(f"{R}load_recipe/malformed", _replay("load_recipe", "not a recipe"), ReplayError, "package.module:function")
 add(f"{R}load_recipe/missing-module", _replay("load_recipe", "no_such_module_xyz:fn"), ReplayError,
     "Install the package")
 CASES.append(Case(f"{R}replay_to/unknown-seq",
-                  lambda v, rep: __import__("weightslab.experiment.replay").experiment.replay.replay_to(rep, 99999),
+                  lambda v, rep: __import__("weightslab.experiment.replica").experiment.replica.replay_to(rep, 99999),
                   ReplayError, r"outside the event log of 'victim' \(1\.\.\d+\)", _replica))
 
 # ----------------------------------------------------------------------------- the CLI (exit code 2)

@@ -8,8 +8,10 @@ files live inside it), a SQLAlchemy URL (``sqlite:///path/x.db``,
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -17,7 +19,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from weightslab.errors import StoreUnavailableError
 
-__all__ = ["READS_OPTION", "StoreLocation", "make_engine", "resolve_store"]
+__all__ = ["MISSING_STORE_HINT", "READS_OPTION", "StoreLocation", "make_engine", "require_database",
+           "resolve_store"]
 
 DB_FILENAME = "weightslab.db"
 ENV_VAR = "WEIGHTSLAB_STORE"
@@ -29,6 +32,14 @@ _MMAP_PRAGMA = "PRAGMA mmap_size = 268435456"  # 256 MiB
 
 #: Execution option of connections that only read (``Store.reading``): a deferred ``BEGIN`` on SQLite.
 READS_OPTION = "weightslab_reads"
+
+#: What to do when there is no store where one must be (the read-only commands never create one).
+MISSING_STORE_HINT = ("give the directory or URL of a store WeightsLab has written (on the command line: "
+                      "--store, or $WEIGHTSLAB_STORE)")
+
+# SQLite refuses a read-only connection to a WAL database with these when it cannot create the
+# -shm/-wal companions (their directory is read-only for this process and they do not exist).
+_NO_WAL_INDEX = {"SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_CANTINIT", "SQLITE_CANTOPEN"}
 
 
 @dataclass(frozen=True)
@@ -92,26 +103,53 @@ def resolve_store(store: str | os.PathLike[str] | None) -> StoreLocation:
     )
 
 
+def require_database(location: StoreLocation) -> None:
+    """Refuse a SQLite store whose database file does not exist (a server is asked when connecting).
+
+    Raises:
+        StoreUnavailableError: no database file at the location.
+    """
+    if location.backend != "sqlite":
+        return
+    database = Path(str(location.url.database))
+    if not database.is_file():
+        raise StoreUnavailableError(
+            f"no store at {location.describe()} (no {database.name} there); {MISSING_STORE_HINT}"
+        )
+
+
 def make_engine(location: StoreLocation, *, read_only: bool = False) -> Engine:
     """Create an engine configured for WeightsLab.
 
     SQLite: WAL journal, a busy timeout, foreign keys on, and every write
     transaction opened with ``BEGIN IMMEDIATE`` (so two writers queue instead of
-    failing with "database is locked" half-way). ``read_only`` engines use
-    ``PRAGMA query_only`` so any write through them fails.
+    failing with "database is locked" half-way). ``read_only`` engines open the
+    file read-only (``mode=ro``: SQLite itself refuses every write) with
+    ``PRAGMA query_only`` on top, and never create the directory or the file.
     PostgreSQL: psycopg 3 with a connect timeout; read-only engines open
     read-only transactions.
+
+    A read-only SQLite connection still needs the WAL index (the ``-shm`` file):
+    SQLite creates it beside the database if it is missing, as for any reader.
+    Where it cannot (the directory is read-only for this process) and no ``-wal``
+    file holds transactions, the file cannot change under us: it is opened
+    ``immutable``. A ``-wal`` file with transactions in a read-only directory is
+    refused (reading past it would miss them): the owner must open the store once
+    to checkpoint it.
     """
     backend = location.backend
     try:
         if backend == "sqlite":
             assert location.root is not None
-            if not read_only:
+            if read_only:
+                path = str(location.url.database)
+                engine = create_engine(location.url, creator=lambda: _connect_sqlite_read_only(path))
+            else:
                 location.root.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(
-                location.url,
-                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None},
-            )
+                engine = create_engine(
+                    location.url,
+                    connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None},
+                )
             _configure_sqlite(engine, read_only=read_only)
             return engine
         engine = create_engine(
@@ -126,6 +164,33 @@ def make_engine(location: StoreLocation, *, read_only: bool = False) -> Engine:
             f"cannot create a database engine for {location.describe()!r}: {e}. "
             "For PostgreSQL install the driver: pip install 'weightslab[postgres]'."
         ) from e
+
+
+def _connect_sqlite_read_only(path: str) -> sqlite3.Connection:
+    """A read-only connection to the SQLite file ``path`` (see :func:`make_engine`)."""
+    uri = f"file:{quote(path)}?mode=ro"
+
+    def connect(target: str) -> sqlite3.Connection:
+        return sqlite3.connect(target, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+
+    conn = connect(uri)
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()  # opens the WAL index, if the file is in WAL mode
+        return conn
+    except sqlite3.OperationalError as e:
+        conn.close()
+        if getattr(e, "sqlite_errorname", "") not in _NO_WAL_INDEX:
+            raise
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreUnavailableError(
+                f"cannot read {path} read-only: its {wal.name} file holds transactions not yet in the "
+                "database, and the directory is read-only for this process, so SQLite cannot open its "
+                "WAL index. Open the store once as its owner (any weightslab command that writes, or "
+                "Store.open) to fold them in, or copy the directory somewhere writable."
+            ) from e
+    return connect(f"{uri}&immutable=1")
 
 
 def _configure_sqlite(engine: Engine, *, read_only: bool) -> None:

@@ -2,7 +2,9 @@
 
 The Alembic scripts ship inside the package as ``weightslab.migrations`` (the
 top-level ``migrations/`` folder of a checkout), so an installed wheel can
-upgrade a store without the source tree.
+upgrade a store without the source tree. A SQLite store passes SQLite's
+``quick_check`` before it is upgraded: migrating a damaged file would spread
+the damage.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
-from weightslab.errors import SchemaVersionError
+from weightslab.errors import SchemaVersionError, StoreError, StoreUnavailableError
+from weightslab.history.locate import MISSING_STORE_HINT
 
-__all__ = ["alembic_config", "current_revision", "ensure_schema", "head_revision", "upgrade"]
+__all__ = ["alembic_config", "check_integrity", "current_revision", "ensure_schema", "head_revision", "upgrade"]
 
 UPGRADE_HINT = "weightslab db upgrade --store {store}"
 _PG_MIGRATION_LOCK = 0x57_4C_41_42  # "WLAB": serialises first-time migrations on one server
@@ -50,8 +53,35 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(engine: Engine) -> tuple[str | None, str]:
-    """Upgrade the database to head; returns (revision before, revision after)."""
+def check_integrity(engine: Engine, store_description: str) -> None:
+    """Refuse a damaged SQLite database (``PRAGMA quick_check``); PostgreSQL checks its own pages.
+
+    ``quick_check`` reads every page of the file once (seconds per GiB): it runs
+    before an upgrade and for ``weightslab db current``, not on every open.
+
+    Raises:
+        StoreError: the check found a problem (the message names the first one).
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        problems = [" ".join(str(row[0]).split()) for row in conn.exec_driver_sql("PRAGMA quick_check")]
+        conn.rollback()
+    if problems != ["ok"]:
+        raise StoreError(
+            f"store {store_description} is damaged: SQLite's quick_check found {len(problems)} problem(s), "
+            f"the first: {problems[0]}. Nothing was changed; restore the store from a backup (or salvage "
+            "what is readable with `sqlite3 weightslab.db .recover`), then run `weightslab audit`."
+        )
+
+
+def upgrade(engine: Engine, store_description: str | None = None) -> tuple[str | None, str]:
+    """Check the database's integrity, then upgrade it to head; returns (revision before, revision after).
+
+    Raises:
+        StoreError: a SQLite file that fails ``quick_check`` (nothing is migrated).
+    """
+    check_integrity(engine, store_description or engine.url.render_as_string(hide_password=True))
     with engine.begin() as conn:
         _lock(conn)
         before = current_revision(conn)
@@ -59,10 +89,12 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         return before, current_revision(conn) or ""
 
 
-def ensure_schema(engine: Engine, store_description: str) -> None:
-    """Create the schema in an empty database; refuse one at another revision.
+def ensure_schema(engine: Engine, store_description: str, *, create: bool = True) -> None:
+    """Create the schema in an empty database (if ``create``); refuse one at another revision.
 
     Raises:
+        StoreUnavailableError: ``create`` is False and the database has no
+            WeightsLab schema (nothing is written).
         SchemaVersionError: the database was migrated to an older revision (the
             message names the upgrade command) or to one this code does not know
             (written by a newer WeightsLab), or holds foreign tables but no
@@ -74,6 +106,11 @@ def ensure_schema(engine: Engine, store_description: str) -> None:
         conn.rollback()
     if current == head:
         return
+    if current is None and not create:
+        raise StoreUnavailableError(
+            f"no WeightsLab store at {store_description}: the database has no WeightsLab schema; "
+            f"{MISSING_STORE_HINT}"
+        )
     if current is None:
         with engine.begin() as conn:
             _lock(conn)

@@ -1,0 +1,75 @@
+"""The ``weightslab`` command: the store's tools, mirroring the Python API.
+
+One module per subcommand holds its parser (``register``) and its function
+(``run``), which calls one Python function:
+
+==============================  ===============================================
+``weightslab experiments``      :func:`weightslab.history.audit.experiments_frame`
+``weightslab events``           :func:`weightslab.history.audit.events_frame`
+``weightslab audit``            :func:`weightslab.history.audit.audit_experiment` / ``audit_store``
+``weightslab lineage``          :meth:`weightslab.history.lineage.Lineage.of`
+``weightslab diff``             :func:`weightslab.history.diff.diff_checkpoints`
+``weightslab replay``           :func:`weightslab.experiment.replica.replay_to`
+``weightslab sql``              :meth:`weightslab.history.store.Store.query`
+``weightslab export``           :func:`weightslab.history.export.export_experiment`
+``weightslab db upgrade``       :func:`weightslab.history.migrate.upgrade`
+==============================  ===============================================
+
+``options`` holds what they share (``--store``, ``--format``, help with
+examples), ``output`` how they print. Output is for people by default;
+``--format json`` or ``csv`` (``--json``, ``--csv`` for short) for programs.
+The commands that only read open the store with
+``Store.open(store, create=False, read_only=True)``: they never create a store
+that is not there, never write to one, and import no torch; each imports what
+it needs when it runs. Exit codes: 0 success, 1 a check failed (``audit``,
+``replay``, ``db current``), 2 an error (bad input, unknown name, damaged store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from weightslab.cli import audit, db, diff, events, experiments, export, lineage, replay, sql
+from weightslab.cli.options import EPILOG
+from weightslab.errors import WeightsLabError
+
+__all__ = ["build_parser", "main"]
+
+# The subcommands, in the order --help lists them.
+_COMMANDS = (experiments, events, audit, lineage, diff, replay, sql, export, db)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``weightslab`` command and every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="weightslab", description="WeightsLab: inspect, audit and replay recorded experiments.",
+        epilog="example: weightslab experiments --store ./store\n\n" + EPILOG
+               + "\nRun 'weightslab COMMAND --help' for a command's options and examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``weightslab`` console script; returns the exit code.
+
+    Example:
+        >>> main(["experiments", "--store", "./store", "--json"])
+        0
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except WeightsLabError as e:
+        print(f"weightslab: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `weightslab events x0 | head`: the reader has gone, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
