@@ -391,7 +391,7 @@ def scenario_stats_upsert(args: argparse.Namespace) -> None:
 # -- replay -----------------------------------------------------------------------------------------
 
 def scenario_replay(args: argparse.Namespace) -> None:
-    from weightslab.experiment.replay import replay_to, replica
+    from weightslab.experiment.replica import replay_to, replica
 
     n = 12_000 if args.quick else 30_000
     ds, ev = synthetic(n), synthetic(1000, seed=1)

@@ -40,6 +40,8 @@ _EXPORTS = {
     "UnknownExperimentError": "weightslab.errors",
     "WeightsLabError": "weightslab.errors",
     "convert_to_ops": "weightslab.surgery",
+    "replica": "weightslab.experiment.replica",
+    "tune_malloc": "weightslab.experiment.allocator",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -77,6 +79,8 @@ if TYPE_CHECKING:  # pragma: no cover
         WeightsLabError,
     )
     from weightslab.experiment import Experiment
+    from weightslab.experiment.allocator import tune_malloc
+    from weightslab.experiment.replica import replica
     from weightslab.history import Store
     from weightslab.ledger import LedgeredDataset, LedgerSampler
     from weightslab.surgery import (

@@ -1,4 +1,5 @@
-"""The Experiment raises glibc's malloc thresholds once per process, unless that is not its choice."""
+"""glibc's malloc thresholds are raised once per process when the user asks (``weightslab.tune_malloc()`` or
+``WEIGHTSLAB_TUNE_MALLOC=1``), unless that is not WeightsLab's choice; an Experiment alone leaves malloc alone."""
 
 from __future__ import annotations
 
@@ -32,9 +33,12 @@ _PROBE = textwrap.dedent("""
     import torch
     from torch import optim
     from torch.utils.data import TensorDataset
+    import weightslab
     from weightslab import Experiment
     from weightslab.demo import MNISTModel
 
+    if sys.argv[2] == "call":
+        weightslab.tune_malloc()
     ds = TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
     exp = Experiment(model=MNISTModel(), optimizer_class=optim.Adam, train_dataset=ds, eval_dataset=ds,
                      batch_size=32, name="alloc", store=sys.argv[1], progress=False)
@@ -59,26 +63,37 @@ _PROBE = textwrap.dedent("""
 needs_glibc = pytest.mark.skipif(_glibc_version() is None, reason="glibc's malloc only (this C library is not glibc)")
 
 
-def _probe(tmp_path: Path, **env: str) -> dict:
+def _probe(tmp_path: Path, *, call: bool = False, **env: str) -> dict:
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD", OPT_OUT)}
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path / "store")], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path / "store"), "call" if call else "no"],
+                          capture_output=True, text=True,
                           env={**clean, **env}, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @needs_glibc
-def test_an_experiment_makes_freed_tensor_memory_reusable_without_faulting_it_back_in(tmp_path: Path) -> None:
-    tuned = _probe(tmp_path)
+def test_an_experiment_alone_leaves_malloc_alone(tmp_path: Path) -> None:
+    default = _probe(tmp_path)
+    assert not default["applied"]
+    assert "tune_malloc" in default["reason"] and OPT_OUT in default["reason"]  # says how to ask for it
+    assert default["faults"] > 4 * 12_288 * 0.9  # glibc maps and faults in every page of every request
+
+
+@needs_glibc
+@pytest.mark.parametrize("how", ["call", "environment"])
+def test_asked_for_it_makes_freed_tensor_memory_reusable_without_faulting_it_back_in(tmp_path: Path,
+                                                                                     how: str) -> None:
+    tuned = _probe(tmp_path, call=True) if how == "call" else _probe(tmp_path, **{OPT_OUT: "1"})
     assert tuned["applied"], tuned["reason"]
     assert f"mmap threshold {MMAP_THRESHOLD >> 20} MiB" in tuned["reason"]
     assert tuned["faults"] < 2_000  # four 48 MiB tensors reuse the heap: next to no new pages
 
 
 @needs_glibc
-def test_opting_out_leaves_glibc_mapping_and_faulting_every_large_tensor(tmp_path: Path) -> None:
-    default = _probe(tmp_path, **{OPT_OUT: "0"})
+def test_opting_out_wins_over_an_explicit_call(tmp_path: Path) -> None:
+    default = _probe(tmp_path, call=True, **{OPT_OUT: "0"})
     assert not default["applied"]
     assert OPT_OUT in default["reason"]
     assert default["faults"] > 4 * 12_288 * 0.9  # every page of every request faulted in again
@@ -86,7 +101,7 @@ def test_opting_out_leaves_glibc_mapping_and_faulting_every_large_tensor(tmp_pat
 
 @needs_glibc
 def test_thresholds_the_user_set_in_the_environment_are_kept(tmp_path: Path) -> None:
-    mine = _probe(tmp_path, MALLOC_TRIM_THRESHOLD_="131072", MALLOC_MMAP_THRESHOLD_="131072")
+    mine = _probe(tmp_path, call=True, MALLOC_TRIM_THRESHOLD_="131072", MALLOC_MMAP_THRESHOLD_="131072")
     assert not mine["applied"]
     assert "MALLOC_MMAP_THRESHOLD_" in mine["reason"] and "MALLOC_TRIM_THRESHOLD_" in mine["reason"]
     assert mine["faults"] > 4 * 12_288 * 0.9  # the user's 128 KiB threshold still maps every request

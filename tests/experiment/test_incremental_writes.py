@@ -36,7 +36,7 @@ def test_training_on_a_tensor_dataset_matches_item_by_item_reads_bit_for_bit(mak
 
 
 def _sql_rows(exp, split: str) -> pd.DataFrame:
-    exp._recorder.wait()
+    exp.flush()
     return exp.sql("SELECT sample_id, prediction_age, prediction_loss, exposure_amount, deny_listed, prediction, "
                    "label FROM sample_stats WHERE experiment_id = :experiment_id AND split = :s ORDER BY sample_id",
                    {"s": split}).set_index("sample_id")

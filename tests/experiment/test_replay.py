@@ -7,8 +7,7 @@ import torch
 
 from weightslab.demo import MNISTModel
 from weightslab.errors import ReplayError
-from weightslab.experiment.capture import capture
-from weightslab.experiment.replay import replay_to, replica
+from weightslab.experiment.replica import replay_to, replica
 from weightslab.experiment.state import tensor_hash
 
 
@@ -17,8 +16,8 @@ def every_operation(exp) -> dict[int, dict[str, torch.Tensor]]:
     states = {}
 
     def keep():
-        tensors, _ = capture(exp)
-        states[exp._recorder.last_seq] = {k: v.detach().clone() for k, v in tensors.items()}
+        tensors, _ = exp.capture()
+        states[exp.last_seq] = {k: v.detach().clone() for k, v in tensors.items()}
 
     exp.train_n_steps(5)
     exp.eval_n_steps(2)
@@ -62,7 +61,7 @@ def test_replay_to_any_seq_is_bit_exact(make_exp, digits, store_target):
                           eval_dataset=eval_ds)
             outcome = replay_to(rep, seq, from_start=from_start)
             assert outcome.ok, (seq, outcome)
-            got, _ = capture(rep)
+            got, _ = rep.capture()
             assert got.keys() == expected.keys()
             for k, v in expected.items():
                 assert tensor_hash(got[k]) == tensor_hash(v), (seq, k)  # bit-exact, NaN included

@@ -41,7 +41,7 @@ def test_replay_command_rebuilds_and_verifies(recorded):
     out = run_cli("replay", "cli-replay", "--store", store, "--from-start", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["ok"] and result["replayed"] == list(range(1, exp._recorder.last_seq + 1))
+    assert result["ok"] and result["replayed"] == list(range(1, exp.last_seq + 1))
 
 
 def test_replay_command_reports_divergence_with_exit_1(recorded):

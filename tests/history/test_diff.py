@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -12,8 +11,15 @@ from cli.store_builder import NAME
 from sqlalchemy import text
 
 from weightslab.errors import ConfigurationError, IntegrityError
+from weightslab.events.domain import (
+    CheckpointDumped,
+    ExperimentCreated,
+    ExperimentResumed,
+    NeuronsPruned,
+    StepsTrained,
+)
+from weightslab.history.checkpoints import CheckpointRow
 from weightslab.history.diff import decode_numpy, diff_checkpoints
-from weightslab.history.schema import Checkpoint
 from weightslab.history.tensorcodec import decode_array, encode_tensor
 
 
@@ -79,21 +85,19 @@ def test_a_resume_counts_the_events_it_replayed(built):
     store = built.store
     exp = store.create_experiment("crashed").experiment_id
 
-    def add(kind, payload, seq, conn=None):
-        store.append_event(exp, kind, {**payload, "state": {}}, expected_last_seq=seq - 1, conn=conn)
+    def add(event, seq, conn=None):
+        store.append_event(exp, event.KIND, event.to_payload(), expected_last_seq=seq - 1, conn=conn)
 
     def dump(cid, parent, manifest, seq):
         with store.transaction() as conn:
-            add("dump", {"checkpoint_id": cid, "parent_id": parent, "manifest": manifest}, seq, conn)
-            conn.execute(Checkpoint.__table__.insert().values(
-                experiment_id=exp, checkpoint_id=cid, parent_id=parent, event_seq=seq, manifest_hash=manifest,
-                model_age=0, created_at=datetime.now(UTC)))
+            add(CheckpointDumped(checkpoint_id=cid, parent_id=parent, manifest=manifest), seq, conn)
+            store.add_checkpoint(conn, exp, CheckpointRow(cid, parent, seq, manifest, 0))
 
-    add("create", {"name": "crashed", "initial": built.initial_manifest}, 1)
+    add(ExperimentCreated(name="crashed", initial=built.initial_manifest), 1)
     dump(0, None, built.manifests[0], 2)
-    add("train", {"steps": 1}, 3)
-    add("resume", {"checkpoint_id": 0, "manifest": built.manifests[0], "replayed": [3]}, 4)
-    add("prune", {"args": {"layer_index": 0, "neuron_indices": [0]}}, 5)
+    add(StepsTrained(steps=1, age_before=0, age_after=4), 3)
+    add(ExperimentResumed(checkpoint_id=0, manifest=built.manifests[0], base_seq=2, replayed=(3,)), 4)
+    add(NeuronsPruned(layer_index=0, neuron_indices=(0,)), 5)
     dump(1, 0, built.manifests[1], 6)
     d = diff_checkpoints(store, "crashed", 0, 1)
     assert [e.seq for e in d.events_to_b] == [3, 4, 5, 6]

@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import select
 
 from weightslab.events.codec import canonical_json
-from weightslab.experiment.capture import capture
 from weightslab.experiment.state import tensor_hashes
 from weightslab.history.schema import Blob, BlobContent, Checkpoint, Snapshot
 from weightslab.history.store import Store
@@ -145,8 +144,8 @@ TABLES = {
 
 def fingerprint(exp: Any) -> dict[str, Any]:
     """Everything a refused operation must leave as it was: state tensors, settings, log and tables."""
-    exp._recorder.wait()
-    tensors, meta = capture(exp)
+    exp.flush()
+    tensors, meta = exp.capture()
     events = exp.store.events(exp.experiment_id)
     out: dict[str, Any] = {
         "tensors": tensor_hashes(tensors),

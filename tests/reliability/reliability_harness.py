@@ -73,11 +73,12 @@ def arm(phase: str, fp: Failpoint) -> None:
     import weightslab.experiment.batch_results as batch_results
     import weightslab.experiment.checkpoints as checkpoints
     import weightslab.experiment.experiment as experiment
-    import weightslab.experiment.recorder as recorder
     import weightslab.experiment.replay as replay
+    import weightslab.experiment.statistics as statistics
     import weightslab.history.blobs as blobs
     import weightslab.history.eventlog as eventlog
     import weightslab.history.snapshots as snapshots
+    import weightslab.history.stats as stats
 
     def after(module: Any, name: str) -> None:
         original = getattr(module, name)
@@ -102,19 +103,19 @@ def arm(phase: str, fp: Failpoint) -> None:
     elif phase == "event-insert":  # the event row is inserted, its transaction not committed
         after(eventlog, "append_event")
     elif phase == "sample-stats":  # the background writer's upsert, before its commit
-        after(recorder, "upsert_sample_stats")
+        after(stats, "upsert_sample_stats")
     elif phase == "neuron-stats":  # the neuron statistics of an event's transaction
-        after(recorder, "upsert_neuron_stats")
+        after(stats, "upsert_neuron_stats")
     elif phase == "dump-blobs":  # a dump's tensor blobs written, the dump event not yet
         after(checkpoints, "write_state")
     elif phase == "dump-commit":  # checkpoint row and snapshots inserted, not committed
-        after(experiment.Experiment, "_write_snapshots")
+        after(statistics.Statistics, "write_snapshots")
     elif phase == "parquet":  # while a Parquet snapshot is being encoded
         after(snapshots, "parquet_bytes")
     elif phase == "create":  # the experiment row exists, its creation event does not yet
         after(experiment, "write_state")
     elif phase == "resume":  # re-applying the events after the last checkpoint on reopen
-        after(replay, "apply_event")
+        after(replay.Replayer, "apply")
     elif phase == "blob-rename":  # a blob fully written to blobs/tmp, not yet renamed into place
         blobs.INLINE_MAX = 0  # the test model's blobs are small: make every one a file
         real_os = blobs.os
@@ -238,7 +239,7 @@ def _operations(exp: Any, rng: random.Random) -> list[tuple[str, int, Any]]:
 
 
 def _last_event(exp: Any) -> tuple[int, str]:
-    seq = exp._recorder.last_seq
+    seq = exp.last_seq
     rows = exp.store.events(exp.experiment_id, from_seq=seq, to_seq=seq)
     return seq, rows[0].hash if rows else ""
 
@@ -276,10 +277,10 @@ def run_worker(cmd: dict[str, Any]) -> int:
         emit({"ev": "done", "tag": tag, "op": name, "seq": seq, "hash": digest})
     exp.close()
     elapsed = time.perf_counter() - started
-    final: dict[str, Any] = {"ev": "finished", "tag": tag, "seq": exp._recorder.last_seq,
-                             "events": exp._recorder.last_seq - events_before, "seconds": elapsed,
+    final: dict[str, Any] = {"ev": "finished", "tag": tag, "seq": exp.last_seq,
+                             "events": exp.last_seq - events_before, "seconds": elapsed,
                              "experiment_id": exp.experiment_id}
-    for split, lds, _ in exp._splits():
+    for split, lds in (("train", exp.train_loader.dataset), ("eval", exp.eval_loader.dataset)):
         final[f"{split}_exposure"] = int(lds.stats.exposure_amount.sum())
         final[f"{split}_denied"] = int(lds.stats.deny_listed.sum())
     final["age"] = exp.model_age
@@ -297,7 +298,7 @@ def _same_experiment(cmd: dict[str, Any]) -> int:
     except ConcurrencyError as e:
         emit({"ev": "conflict", "tag": tag, "at": "open", "message": str(e)})
         return 0
-    emit({"ev": "opened", "tag": tag, "seq": exp._recorder.last_seq})
+    emit({"ev": "opened", "tag": tag, "seq": exp.last_seq})
     barrier = Path(cmd["barrier"])
     deadline = time.monotonic() + 60
     while not barrier.exists() and time.monotonic() < deadline:
@@ -311,7 +312,7 @@ def _same_experiment(cmd: dict[str, Any]) -> int:
             return 0
         done += 1
     exp.close()
-    emit({"ev": "finished", "tag": tag, "events": done, "seq": exp._recorder.last_seq})
+    emit({"ev": "finished", "tag": tag, "events": done, "seq": exp.last_seq})
     return 0
 
 

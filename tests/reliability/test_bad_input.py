@@ -67,9 +67,9 @@ def test_bad_input_is_refused_clearly_and_changes_nothing(victim: Victim, case: 
 
 def test_the_victim_still_trains_after_every_refusal(victim: Victim) -> None:
     exp = victim.exp
-    seq = exp._recorder.last_seq
+    seq = exp.last_seq
     exp.train_n_steps(1)
-    assert exp._recorder.last_seq == seq + 1 and exp.verify()
+    assert exp.last_seq == seq + 1 and exp.verify()
     assert not Path("/tmp/weightslab-pwned").exists()  # the query "injection" case ran nothing
 
 

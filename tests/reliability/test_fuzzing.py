@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from weightslab.errors import EventPayloadError, IntegrityError
 from weightslab.events.codec import canonical_json, chain_hash, decode_payload, normalise
-from weightslab.experiment.checkpoints import MANIFEST_FORMAT, parse_manifest
 from weightslab.experiment.state import tensor_hash
+from weightslab.history import manifest as manifest_format
 from weightslab.history.store import Store
 from weightslab.history.tensorcodec import MAGIC, decode_tensor, encode_tensor
 
@@ -128,7 +128,7 @@ tensor_names = st.builds(lambda g, n: g + n, st.sampled_from(["model/", "optim/0
 hyper = st.dictionaries(text, st.none() | st.booleans() | st.integers(-10, 10)
                         | st.floats(-1e6, 1e6) | st.lists(st.floats(0, 1), max_size=2), max_size=4)
 manifests = st.fixed_dictionaries({
-    "format": st.just(MANIFEST_FORMAT),
+    "format": st.just(manifest_format.FORMAT),
     "tensors": st.dictionaries(tensor_names, hashes, max_size=8),
     "meta": st.fixed_dictionaries({
         "optimizer": st.fixed_dictionaries({
@@ -140,9 +140,15 @@ manifests = st.fixed_dictionaries({
 })
 
 
+def parse_manifest(raw: bytes, name: str) -> dict[str, Any]:
+    """The manifest as a restore reads it: parsed, its meta checked, back as a document."""
+    parsed = manifest_format.parse_manifest(raw, name).check_restorable(name)
+    return {"format": manifest_format.FORMAT, "tensors": parsed.tensors, "meta": parsed.meta}
+
+
 def _assert_parsed_manifest(doc: dict[str, Any]) -> None:
     """What a caller of parse_manifest relies on."""
-    assert doc["format"] == MANIFEST_FORMAT
+    assert doc["format"] == manifest_format.FORMAT
     for name, digest in doc["tensors"].items():
         assert name.split("/", 1)[0] in ("model", "optim", "ledger", "sampler", "rng")
         assert len(digest) == 64 and set(digest) <= set("0123456789abcdef")
@@ -346,7 +352,7 @@ def test_tensors_decoded_in_place_are_aligned_whatever_the_header_length(dtype) 
 @given(st.dictionaries(st.text(), st.one_of(st.text(), st.integers(), st.floats(allow_nan=False)), max_size=8))
 def test_state_hash_is_the_hash_of_the_canonical_json_of_its_map(hashes):
     """state_hash skips the general payload walk for text maps: same bytes, same refusals."""
-    from weightslab.experiment.state import group_hashes, state_hash
+    from weightslab.history.manifest import group_hashes, state_hash
 
     try:
         expected = hashlib.sha256(canonical_json(hashes).encode()).hexdigest()

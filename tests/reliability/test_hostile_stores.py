@@ -30,7 +30,7 @@ from weightslab import Experiment
 from weightslab.demo import MNISTModel, digits_datasets
 from weightslab.errors import BlobNotFoundError, IntegrityError, ReplayError, WeightsLabError
 from weightslab.events.codec import canonical_json
-from weightslab.experiment import replay
+from weightslab.experiment import replica as replay
 from weightslab.history.schema import Blob, BlobContent, Checkpoint, Snapshot
 from weightslab.history.store import Store
 
@@ -131,7 +131,7 @@ class Recorded:
 
     def append_crafted(self, kind: str, payload: dict[str, Any]) -> None:
         """An event appended through the store API: the hash chain stays valid."""
-        self.exp._recorder.wait()
+        self.exp.flush()
         self.store.append_event(self.exp_id, kind, payload, expected_last_seq=self.store.last_seq(self.exp_id))
 
     # -- the four readers that must refuse
@@ -291,7 +291,7 @@ def test_a_truncated_parquet_snapshot_is_refused(recorded, no_unpickling):
 def test_an_event_edited_in_the_database_breaks_the_chain_and_the_audit_says_where(recorded):
     from weightslab.history.schema import Event
 
-    recorded.exp._recorder.wait()
+    recorded.exp.flush()
     with recorded.store.transaction() as conn:
         row = conn.execute(select(Event.payload).where(Event.experiment_id == recorded.exp_id, Event.seq == 2)).first()
         payload = dict(row.payload)

@@ -37,7 +37,7 @@ SQL_SHAPE = re.compile(r"^\s*\(?\s*(select\b.*\bfrom\b|insert\s+into\b|delete\s+
 # Audited: formats constant identifiers (table and column names) into the bulk upserts; values are bound.
 SQL_FORMAT_ALLOWED = {"history/stats.py"}
 # Audited dynamic imports: lazy package attributes, and the replay tools' recipe / optimizer class.
-IMPORT_MODULE_ALLOWED = {"__init__.py", "experiment/replay.py"}
+IMPORT_MODULE_ALLOWED = {"__init__.py", "experiment/replica.py"}
 
 
 def _dotted(node: ast.AST) -> str:

@@ -1,13 +1,18 @@
-"""Events: pure value objects and their canonical encoding (no torch, no SQL)."""
+"""Events: typed domain events, their canonical encoding, and the operation records (no torch, no SQL)."""
 
 from weightslab.events.codec import canonical_json, chain_hash, decode_payload
-from weightslab.events.record import EventKind, Observable, OperationRecord
+from weightslab.events.domain import EVENT_CLASSES, DomainEvent, EventKind, RecordedEvent, decode, event_class
+from weightslab.events.record import OperationRecord
 
 __all__ = [
+    "EVENT_CLASSES",
+    "DomainEvent",
     "EventKind",
-    "Observable",
     "OperationRecord",
+    "RecordedEvent",
     "canonical_json",
     "chain_hash",
+    "decode",
     "decode_payload",
+    "event_class",
 ]

@@ -15,9 +15,10 @@ then keeps its peak heap instead of returning it between steps; nothing else cha
 (results are bit-identical). PyTorch's own CPU launcher (``torch.backends.xeon.run_cpu``)
 changes the allocator for the same reason.
 
-It does nothing, and says why, where the choice is not WeightsLab's to make: not glibc,
-another allocator preloaded, malloc thresholds already set in the environment, or
-``WEIGHTSLAB_TUNE_MALLOC=0``.
+It is opt-in: a process-wide change is the user's to make (``weightslab.tune_malloc()``, or
+``WEIGHTSLAB_TUNE_MALLOC=1`` for every Experiment). Even then it does nothing, and says why,
+where the choice is not WeightsLab's to make: not glibc, another allocator preloaded, malloc
+thresholds already set in the environment, or ``WEIGHTSLAB_TUNE_MALLOC=0``.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["MMAP_THRESHOLD", "OPT_OUT", "TRIM_THRESHOLD", "MallocTuning", "decide", "tune_malloc"]
+__all__ = ["MMAP_THRESHOLD", "OPT_OUT", "TRIM_THRESHOLD", "MallocTuning", "decide", "for_experiment", "tune_malloc"]
 
 #: Requests up to this size are served from the heap (glibc's adaptive ceiling is 32 MiB).
 MMAP_THRESHOLD = 128 << 20
 #: The heap's free top is given back to the kernel only above this (twice the mmap threshold, as glibc does).
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
-#: Set this environment variable to ``0`` to leave the allocator alone.
+#: ``1`` makes every Experiment call :func:`tune_malloc`; ``0`` makes :func:`tune_malloc` leave malloc alone.
 OPT_OUT = "WEIGHTSLAB_TUNE_MALLOC"
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 _M_TRIM_THRESHOLD = -1  # <malloc.h>
 _M_MMAP_THRESHOLD = -3
@@ -74,7 +76,7 @@ def _mallopt() -> Callable[[int, int], int]:
 
 def decide(environ: Mapping[str, str], glibc: str | None) -> str | None:
     """Why the allocator must be left alone (``None``: it may be tuned). Pure, for the tests."""
-    if environ.get(OPT_OUT, "").strip().lower() in ("0", "false", "no", "off"):
+    if environ.get(OPT_OUT, "").strip().lower() in _NO:
         return f"{OPT_OUT}={environ[OPT_OUT]}: left as it is"
     if glibc is None:
         return "not glibc's malloc: left as it is"
@@ -93,13 +95,31 @@ def decide(environ: Mapping[str, str], glibc: str | None) -> str | None:
 def tune_malloc() -> MallocTuning:
     """Raise glibc's mmap and trim thresholds for this process, once (see the module's text).
 
-    Called by every :class:`~weightslab.Experiment`; later calls return the first call's result.
+    A process-wide change, so a library does not make it on its own: call it at the start of a
+    training script (``weightslab.tune_malloc()``), or set ``WEIGHTSLAB_TUNE_MALLOC=1`` and every
+    :class:`~weightslab.Experiment` calls it. Later calls return the first call's result.
+
+    Example:
+        >>> weightslab.tune_malloc().applied
+        True
     """
     global _done
     with _lock:
         if _done is None:
             _done = _tune(os.environ, _glibc_version(), _mallopt)
         return _done
+
+
+def for_experiment(environ: Mapping[str, str] | None = None) -> MallocTuning:
+    """What an Experiment reports as ``exp.allocator``: it tunes malloc only when ``WEIGHTSLAB_TUNE_MALLOC=1``,
+    else it reports what an earlier :func:`tune_malloc` call did, or that nobody asked."""
+    env = os.environ if environ is None else environ
+    if env.get(OPT_OUT, "").strip().lower() in _YES:
+        return tune_malloc()
+    with _lock:
+        if _done is not None:
+            return _done
+    return MallocTuning(False, f"not requested: call weightslab.tune_malloc() or set {OPT_OUT}=1")
 
 
 def _tune(environ: Mapping[str, str], glibc: str | None,

@@ -18,17 +18,17 @@ from weightslab.experiment.rng import capture_rng, restore_rng
 from weightslab.experiment.state import to_tensor
 
 if TYPE_CHECKING:
-    from weightslab.experiment.experiment import Experiment
+    from weightslab.experiment.runtime import Runtime
 
 __all__ = ["capture", "restore"]
 
 
-def capture(exp: Experiment, *, rng: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """All state tensors of ``exp`` (live references, not copies) and the JSON part."""
+def capture(rt: Runtime, *, rng: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """All state tensors of the runtime (live references, not copies) and the JSON part."""
     tensors: dict[str, torch.Tensor] = {}
-    for k, v in exp.model.state_dict(keep_vars=False).items():
+    for k, v in rt.model.state_dict(keep_vars=False).items():
         tensors[f"model/{k}"] = v
-    sd = exp.optimizer.state_dict()
+    sd = rt.optimizer.state_dict()
     scalars: dict[str, Any] = {}
     for idx, st in sd["state"].items():
         for k, v in st.items():
@@ -45,29 +45,29 @@ def capture(exp: Experiment, *, rng: bool = True) -> tuple[dict[str, torch.Tenso
                 v = list(v)
             clean[k] = v
         groups.append(clean)
-    for split, ds, sampler in exp._splits():
-        for k, v in ds.state_arrays().items():
-            tensors[f"ledger/{split}/{k}"] = to_tensor(v)
-        for k, v in sampler.state_arrays().items():
-            tensors[f"sampler/{split}/{k}"] = to_tensor(v)
+    for split in rt.splits:
+        for k, v in split.ledger.state_arrays().items():
+            tensors[f"ledger/{split.name}/{k}"] = to_tensor(v)
+        for k, v in split.sampler.state_arrays().items():
+            tensors[f"sampler/{split.name}/{k}"] = to_tensor(v)
     if rng:
         for k, v in capture_rng().items():
             tensors[f"rng/{k}"] = v
     meta = {
-        "optimizer": {"class": type(exp.optimizer).__name__, "param_groups": groups,
+        "optimizer": {"class": type(rt.optimizer).__name__, "param_groups": groups,
                       "tuple_keys": sorted(tuple_keys), "scalars": scalars},
-        "architecture": exp._widths(),
-        "model_age": exp.model_age,
+        "architecture": rt.widths(),
+        "model_age": rt.model_age,
     }
     return tensors, meta
 
 
-def restore(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Put ``exp`` into the captured state: widths, weights, optimizer, ledgers, samplers, RNG.
+def restore(rt: Runtime, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Put the runtime into the captured state: widths, weights, optimizer, ledgers, samplers, RNG.
 
     The optimizer object and the Parameter objects stay the same. All or nothing: a
     state that cannot be restored (tensors that do not fit together, e.g. a damaged or
-    forged checkpoint) raises IntegrityError and leaves ``exp`` as it was.
+    forged checkpoint) raises IntegrityError and leaves it as it was.
 
     What the undo keeps costs little: loading an optimizer state replaces its tensors
     (the old ones are kept by reference), ledger, sampler and RNG states are small
@@ -76,35 +76,35 @@ def restore(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, A
     same the model goes last, after everything that could fail, and cannot fail itself.
     """
     opt_meta = meta["optimizer"]
-    if opt_meta["class"] != type(exp.optimizer).__name__:
+    if opt_meta["class"] != type(rt.optimizer).__name__:
         raise IntegrityError(
             f"the state was recorded with optimizer {opt_meta['class']}, this experiment uses "
-            f"{type(exp.optimizer).__name__}; reopen it with optimizer_class={opt_meta['class']}"
+            f"{type(rt.optimizer).__name__}; reopen it with optimizer_class={opt_meta['class']}"
         )
     model_sd = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-    live = exp.model.state_dict()
+    live = rt.model.state_dict()
     reshaping = live.keys() != model_sd.keys() or any(
         tuple(live[k].shape) != tuple(v.shape) for k, v in model_sd.items())
     saved_model = {k: v.detach().clone() for k, v in live.items()} if reshaping else None
-    saved_optimizer = exp.optimizer.state_dict()  # load_state_dict swaps these tensors out, never writes them
-    saved_rest, _ = capture(exp)  # ledger, sampler and RNG parts are fresh copies
+    saved_optimizer = rt.optimizer.state_dict()  # load_state_dict swaps these tensors out, never writes them
+    saved_rest, _ = capture(rt)  # ledger, sampler and RNG parts are fresh copies
     saved_rest = {k: v for k, v in saved_rest.items() if not k.startswith(("model/", "optim/"))}
     try:
         optimizer_sd = _optimizer_state_dict(tensors, opt_meta)
         if reshaping:
-            _apply_model(exp, model_sd)
-            exp.optimizer.load_state_dict(optimizer_sd)
-            _apply_data(exp, tensors)
-            exp._probe_criterion()  # the resized model must still run: widths that do not chain fail here
+            _apply_model(rt, model_sd)
+            rt.optimizer.load_state_dict(optimizer_sd)
+            _apply_data(rt, tensors)
+            rt.probe_criterion()  # the resized model must still run: widths that do not chain fail here
         else:
-            exp.optimizer.load_state_dict(optimizer_sd)
-            _apply_data(exp, tensors)
-            _apply_model(exp, model_sd)  # same keys and shapes: an in-place copy that cannot fail
+            rt.optimizer.load_state_dict(optimizer_sd)
+            _apply_data(rt, tensors)
+            _apply_model(rt, model_sd)  # same keys and shapes: an in-place copy that cannot fail
     except Exception as error:  # noqa: BLE001 - whatever failed, put the previous state back, then say so
         if saved_model is not None:
-            _apply_model(exp, saved_model)
-        exp.optimizer.load_state_dict(saved_optimizer)
-        _apply_data(exp, saved_rest)
+            _apply_model(rt, saved_model)
+        rt.optimizer.load_state_dict(saved_optimizer)
+        _apply_data(rt, saved_rest)
         if isinstance(error, WeightsLabError):
             raise
         raise IntegrityError(
@@ -113,8 +113,8 @@ def restore(exp: Experiment, tensors: dict[str, torch.Tensor], meta: dict[str, A
         ) from error
 
 
-def _apply_model(exp: Experiment, model_sd: dict[str, torch.Tensor]) -> None:
-    exp.model.load_state_resizing({k: v.to(exp.device) for k, v in model_sd.items()})
+def _apply_model(rt: Runtime, model_sd: dict[str, torch.Tensor]) -> None:
+    rt.model.load_state_resizing({k: v.to(rt.device) for k, v in model_sd.items()})
 
 
 def _optimizer_state_dict(tensors: dict[str, torch.Tensor], opt_meta: dict[str, Any]) -> dict[str, Any]:
@@ -133,14 +133,15 @@ def _optimizer_state_dict(tensors: dict[str, torch.Tensor], opt_meta: dict[str, 
     return {"state": state, "param_groups": groups}
 
 
-def _apply_data(exp: Experiment, tensors: dict[str, torch.Tensor]) -> None:
+def _apply_data(rt: Runtime, tensors: dict[str, torch.Tensor]) -> None:
     """Ledgers, samplers and RNG (each loader checks its input before it changes anything)."""
-    for split, ds, sampler in exp._splits():
-        ledger = {k.split("/", 2)[2]: v.numpy() for k, v in tensors.items() if k.startswith(f"ledger/{split}/")}
-        ds.load_state_arrays(ledger)
+    for split in rt.splits:
+        ledger = {k.split("/", 2)[2]: v.numpy() for k, v in tensors.items()
+                  if k.startswith(f"ledger/{split.name}/")}
+        split.ledger.load_state_arrays(ledger)
         samp = {k.split("/", 2)[2]: np.asarray(v.numpy()) for k, v in tensors.items()
-                if k.startswith(f"sampler/{split}/")}
-        sampler.load_state_arrays(samp)
+                if k.startswith(f"sampler/{split.name}/")}
+        split.sampler.load_state_arrays(samp)
     rng = {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}
     if rng:
         restore_rng(rng)

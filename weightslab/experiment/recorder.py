@@ -1,8 +1,10 @@
 """The recorder: turns operations into events, and flushes statistics with them.
 
-Every event is written in one transaction together with ``neuron_stats``, any
-blobs it references, and whatever the caller adds (a checkpoint row,
-snapshots), so an event never exists without its blobs.
+It needs a store, the experiment's id and a fingerprint of the live state, and
+the statistics to write beside each event; it knows nothing else of the
+experiment. Every event is written in one transaction together with the changed
+``neuron_stats`` rows, any blobs it names, and whatever the caller adds (a
+checkpoint row, snapshots), so an event never exists without its blobs.
 
 The ``sample_stats`` rows that changed since the previous event (up to one row
 per training sample: the costly part) are copied at the event boundary and
@@ -15,33 +17,35 @@ the last event; a crash loses at most the statistics not yet written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import Connection, delete, tuple_
 
 from weightslab.errors import ReplayError
+from weightslab.events.codec import normalise
+from weightslab.events.domain import DomainEvent, event_class
 from weightslab.events.record import OperationRecord
-from weightslab.events.summary import summarize
-from weightslab.experiment.capture import capture
-from weightslab.experiment.state import group_hashes, state_hash, tensor_hashes
+from weightslab.experiment.runtime import Fingerprint
+from weightslab.experiment.statistics import SampleJob, Statistics
 from weightslab.history.eventlog import EventRow
-from weightslab.history.schema import NeuronStat
-from weightslab.history.stats import upsert_neuron_stats, upsert_sample_stats
+from weightslab.history.store import Store
 from weightslab.history.tensorcodec import encode_tensor
 
-if TYPE_CHECKING:
-    from weightslab.experiment.experiment import Experiment
+__all__ = ["INLINE_IDS", "Recorder"]
 
-__all__ = ["Recorder"]
-
-# Id lists longer than this go to a blob instead of the JSON payload.
+#: Id lists longer than this go to a blob instead of the JSON payload.
 INLINE_IDS = 2048
+
+#: Called after each committed event (e.g. TensorBoard's operation markers).
+Listener = Callable[[EventRow, DomainEvent], None]
+#: Runs inside an event's transaction, given the connection and the event's seq (a checkpoint row, snapshots).
+InTransaction = Callable[[Any, int], None]
 
 
 def _lower_priority() -> None:
@@ -51,20 +55,37 @@ def _lower_priority() -> None:
 
 
 class Recorder:
-    """Appends an experiment's events (see module docstring)."""
+    """Appends one experiment's events (see the module docstring).
 
-    def __init__(self, exp: Experiment, experiment_id: int, last_seq: int, code_version: str,
-                 *, detached: bool = False) -> None:
-        self._exp = exp
-        self.detached = detached  # a replay replica: nothing is ever written
+    Args:
+        store: where the events go.
+        experiment_id: the experiment's id in the store.
+        last_seq: the seq of its latest event (0 for none).
+        code_version: recorded with each event.
+        fingerprint: the fingerprint of the live state (recorded with each event).
+        statistics: the rows written beside each event.
+        detached: a replay replica, which never writes (appending raises).
+    """
+
+    def __init__(self, store: Store, experiment_id: int, last_seq: int, code_version: str, *,
+                 fingerprint: Callable[[], Fingerprint], statistics: Statistics, detached: bool = False) -> None:
+        self.store = store
         self.experiment_id = experiment_id
         self.last_seq = last_seq
         self.code_version = code_version
-        self.muted = 0  # > 0 while replaying or restoring: operations are not recorded again
+        self.detached = detached
+        self.muted = 0  # > 0 while replaying: operations are not recorded again
+        self.listeners: list[Listener] = []
+        self._fingerprint = fingerprint
+        self._statistics = statistics
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
         # neuron counters as last written to SQL, per (layer, split): only changes are written again
         self._neurons_written: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def fingerprint(self) -> Fingerprint:
+        """The fingerprint of the live state now."""
+        return self._fingerprint()
 
     # -- the background statistics writer ----------------------------------------------
     def wait(self) -> None:
@@ -79,22 +100,18 @@ class Recorder:
             self._writer.shutdown(wait=True)
             self._writer = None
 
-    def _submit(self, jobs: list[tuple[str, dict[str, np.ndarray]]]) -> None:
+    def _submit(self, jobs: list[SampleJob]) -> None:
         if not jobs:
             return
         if self._writer is None:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightslab-stats",
                                               initializer=_lower_priority)
         self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
-        self._pending.append(self._writer.submit(self._write_samples, jobs))
-
-    def _write_samples(self, jobs: list[tuple[str, dict[str, np.ndarray]]]) -> None:
-        with self._exp.store.transaction() as conn:
-            for split, cols in jobs:
-                upsert_sample_stats(conn, self.experiment_id, split, cols)
+        self._pending.append(self._writer.submit(self.store.write_sample_rows, self.experiment_id, jobs))
 
     # -- the observer of model and datasets -------------------------------------------
-    def on_operation(self, record: OperationRecord, split: str | None = None) -> None:
+    def record_operation(self, record: OperationRecord, split: str | None = None) -> None:
+        """Append the event of an operation the model or a dataset reports (unless muted)."""
         if self.muted or self.detached:
             return
         payload: dict[str, Any] = {"args": dict(record.args), "result": dict(record.result)}
@@ -105,89 +122,58 @@ class Recorder:
             if len(ids) > INLINE_IDS:
                 blobs["ids"] = torch.tensor(ids, dtype=torch.int64)
                 payload["args"] = {k: v for k, v in payload["args"].items() if k != "ids"}
-        self.append(record.kind, payload, blobs=blobs)
+        self.append(event_class(record.kind).from_payload(normalise(payload)), blobs=blobs)
 
     # -- appending ---------------------------------------------------------------------
-    def state_fingerprint(self) -> tuple[str, dict[str, str]]:
-        tensors, _ = capture(self._exp)
-        hashes = tensor_hashes(tensors)
-        return state_hash(hashes), group_hashes(hashes)
-
     def append(
         self,
-        kind: str,
-        payload: Mapping[str, Any],
+        event: DomainEvent,
         *,
         blobs: Mapping[str, torch.Tensor] | None = None,
-        in_transaction: Callable[[Connection, int], None] | None = None,
-        fingerprint: tuple[str, dict[str, str]] | None = None,
+        in_transaction: InTransaction | None = None,
+        fingerprint: Fingerprint | None = None,
         flush_all: bool = False,
     ) -> EventRow:
-        """Append one event with the current state's fingerprint; returns it.
+        """Append ``event`` with the current state's fingerprint (or the one given); returns its row.
 
-        ``blobs`` are stored and their hashes put in ``payload["blobs"]``;
-        ``in_transaction(conn, seq)`` runs inside the event's transaction.
+        ``blobs`` are stored and named in the event; ``in_transaction(conn, seq)`` runs inside the
+        event's transaction; ``flush_all`` writes every sample row, not only the changed ones.
+
+        Raises:
+            ReplayError: this is a detached replica.
+            StoreError: the event could not be written (nothing of it was).
         """
-        exp = self._exp
         if self.detached:
             raise ReplayError(
-                f"this is a read-only replica of experiment {exp.name!r} for replay; open the experiment "
-                "itself (Experiment(..., name=...)) to continue it"
-            )
-        digest, parts = fingerprint or self.state_fingerprint()
-        body = dict(payload)
-        body["state"] = parts
-        store = exp.store
+                "this is a read-only replica of the experiment for replay; open the experiment itself "
+                "(Experiment(..., name=...)) to continue it")
+        fp = fingerprint or self._fingerprint()
+        store = self.store
         with store.transaction() as conn:
+            named: dict[str, str] = dict(event.blobs)
             if blobs:
                 names = sorted(blobs)
-                hashes = store.blobs.put_many(conn, [encode_tensor(blobs[n]) for n in names])
-                body["blobs"] = dict(zip(names, hashes))
-            row = store.append_event(
-                self.experiment_id, kind, body, expected_last_seq=self.last_seq, conn=conn,
-                state_hash=digest, code_version=self.code_version,
-            )
+                named.update(zip(names, store.blobs.put_many(conn, [encode_tensor(blobs[n]) for n in names])))
+            event = dataclasses.replace(event, state=fp.groups, blobs=named)
+            row = store.append_event(self.experiment_id, event.KIND, event.to_payload(),
+                                     expected_last_seq=self.last_seq, conn=conn, state_hash=fp.digest,
+                                     code_version=self.code_version)
             written = self._flush_neurons(conn)
             if in_transaction is not None:
                 in_transaction(conn, row.seq)
         self.last_seq = row.seq
         self._neurons_written = written  # only once the transaction committed
-        self._submit(self._sample_jobs(everything=flush_all))
-        exp._after_event(row, summarize(kind, body))
+        self._submit(self._statistics.sample_jobs(everything=flush_all))
+        for listener in self.listeners:
+            listener(row, event)
         return row
 
-    # -- statistics ----------------------------------------------------------------------
-    def _sample_jobs(self, everything: bool = False) -> list[tuple[str, dict[str, np.ndarray]]]:
-        """Copies of the sample rows changed since the last event, per split."""
-        jobs = []
-        for split, ds, _ in self._exp._splits():
-            stats = ds.stats
-            ids = ds.take_dirty_ids()
-            if everything:
-                ids = np.arange(len(ds))
-            if not len(ids):
-                continue
-            unseen = stats.exposure_amount[ids] == 0
-            age = stats.prediction_age[ids].astype(np.float64)
-            age[unseen] = np.nan
-            pred = stats.prediction[ids].astype(np.float64)
-            pred[unseen] = np.nan
-            label = stats.label[ids].astype(np.float64)
-            label[unseen] = np.nan
-            jobs.append((split, {
-                "sample_id": ids, "prediction_age": age,
-                "prediction_loss": stats.prediction_loss[ids].astype(np.float64),
-                "exposure_amount": stats.exposure_amount[ids].copy(), "deny_listed": stats.deny_listed[ids].copy(),
-                "prediction": pred, "label": label,
-            }))
-        return jobs
-
-    def _flush_neurons(self, conn: Connection) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
+    def _flush_neurons(self, conn: Any) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
         """Write the neuron rows that changed since the last write; returns the new written state."""
         written = dict(self._neurons_written)
         rows: list[tuple[int, int, str, str, int, int]] = []
         rewrite: list[tuple[int, str]] = []
-        for li, lname, split, trig, seen in self._exp._neuron_counters():
+        for li, lname, split, trig, seen in self._statistics.neuron_counters():
             prev = written.get((li, split))
             if prev is not None and len(prev[0]) == len(trig):
                 changed = np.flatnonzero((prev[0] != trig) | (prev[1] != seen))
@@ -197,8 +183,5 @@ class Recorder:
             rows.extend(zip([li] * len(changed), changed.tolist(), [split] * len(changed), [lname] * len(changed),
                             trig[changed].tolist(), seen[changed].tolist()))
             written[(li, split)] = (trig.copy(), seen.copy())
-        if rewrite:  # one statement for every layer rewritten (a first write covers them all)
-            conn.execute(delete(NeuronStat).where(NeuronStat.experiment_id == self.experiment_id,
-                                                  tuple_(NeuronStat.layer_index, NeuronStat.split).in_(rewrite)))
-        upsert_neuron_stats(conn, self.experiment_id, rows)
+        self.store.write_neuron_rows(conn, self.experiment_id, rows, rewrite=rewrite)
         return written

@@ -1,37 +1,48 @@
 """Replay: rebuild a recorded state by re-executing events, verifying each fingerprint.
 
-State is a fold over events. Starting from a recorded state (the creation's
-initial state or a checkpoint), each later event is applied again with
-recording muted: training re-runs from the sampler and RNG state stored with
-its event, edits call the same operation with the recorded arguments (and
-seed), deny/allow re-apply the recorded ids. After each event the state's
-fingerprint is compared with the recorded one; the first mismatch stops the
-replay and says which part (model, optim, ledger, sampler, rng) differs.
+State is a fold over events, and this is the one engine that folds: the replay
+tools use it to rebuild any seq, and reopening an experiment uses it to come back
+to its latest state. It restores the nearest restorable state (see
+:meth:`weightslab.history.log.Log.plan`), then re-executes each later event with
+recording muted: training re-runs from the sampler and RNG state stored with its
+event, edits call the same operation with the recorded arguments (and seed),
+deny/allow re-apply the recorded ids. After each event the state's fingerprint is
+compared with the recorded one; the first mismatch stops the replay and says which
+part (model, optim, ledger, sampler, rng) differs.
 """
 
 from __future__ import annotations
 
-import importlib
-import re
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from weightslab.errors import ReplayError, WeightsLabError
-from weightslab.experiment.checkpoints import read_manifest
+from weightslab.errors import ConfigurationError, IntegrityError, ReplayError, WeightsLabError
+from weightslab.events.domain import (
+    CheckpointDumped,
+    CheckpointLoaded,
+    EditEvent,
+    Evaluated,
+    ExperimentCreated,
+    ExperimentResumed,
+    SampleEvent,
+    StepsTrained,
+)
+from weightslab.experiment.checkpoints import CheckpointManager, read_state
+from weightslab.experiment.loops import eval_loop, train_loop
+from weightslab.experiment.recorder import Recorder
 from weightslab.experiment.rng import restore_rng
+from weightslab.experiment.runtime import Runtime
+from weightslab.experiment.statistics import Statistics
 from weightslab.history.blobs import check_hash
+from weightslab.history.log import Log, LogEntry, RestorePlan, walk
 from weightslab.history.tensorcodec import decode_tensor
-from weightslab.surgery.operations import METHOD_OF_KIND
 
-if TYPE_CHECKING:
-    from weightslab.experiment.experiment import Experiment
-    from weightslab.history.eventlog import EventRow
+__all__ = ["Divergence", "ReplayOutcome", "Replayer", "ResumeReport", "check_same_data", "reopen"]
 
-__all__ = ["Divergence", "ReplayOutcome", "apply_event", "load_recipe", "reapply", "replay_to", "replica",
-           "verify_state"]
 
 @dataclass(frozen=True)
 class Divergence:
@@ -43,79 +54,14 @@ class Divergence:
         return f"seq {self.seq} ({self.kind}): replayed state differs in {', '.join(self.parts) or 'the whole state'}"
 
 
-def _blob_tensors(exp: Experiment, event: EventRow, prefix: str) -> dict[str, torch.Tensor]:
-    blobs = event.payload.get("blobs", {})
-    return {name[len(prefix):]: decode_tensor(exp.store.blobs.get(check_hash(h)))
-            for name, h in blobs.items() if name.startswith(prefix)}
-
-
-def _deny_allow_ids(exp: Experiment, event: EventRow) -> list[int]:
-    args = event.payload.get("args", {})
-    if "ids" in args:
-        return list(args["ids"])
-    ids = _blob_tensors(exp, event, "ids")
-    if "" not in ids:
-        raise ReplayError(f"event {event.seq} ({event.kind}) has no recorded ids")
-    return ids[""].tolist()
-
-
-def apply_event(exp: Experiment, event: EventRow) -> None:
-    """Re-execute one recorded event on ``exp`` without recording it again."""
-    kind, p = event.kind, event.payload
-    exp._recorder.muted += 1
-    try:
-        if kind == "train":
-            sampler = {k: v.numpy() for k, v in _blob_tensors(exp, event, "sampler/").items()}
-            exp._train_sampler.load_state_arrays(sampler)
-            exp._train_iter = None
-            restore_rng(_blob_tensors(exp, event, "rng/"))
-            exp._train_loop(int(p["steps"]))
-        elif kind == "eval":
-            exp._eval_loop(None if p.get("full") else int(p["steps"]))
-        elif kind in METHOD_OF_KIND:
-            getattr(exp.model, METHOD_OF_KIND[kind])(**p["args"])
-        elif kind in ("deny", "allow"):
-            ds = exp._train_ds if p.get("split", "train") == "train" else exp._eval_ds
-            ds.apply_recorded(kind, {"ids": _deny_allow_ids(exp, event)})
-            exp._reset_iterators()
-        elif kind in ("load", "create"):
-            manifest = p["manifest"] if kind == "load" else p["initial"]
-            tensors, meta = read_manifest(exp, manifest)
-            exp._restore(tensors, meta)
-            exp.chkpt_manager.head = p.get("checkpoint_id")
-        elif kind == "dump":
-            exp.chkpt_manager.head = p["checkpoint_id"]
-        elif kind == "resume":
-            if p.get("not_restored"):
-                tensors, meta = read_manifest(exp, p["manifest"])
-                exp._restore(tensors, meta)
-                replayed = exp.store.events(exp._experiment_id)
-                for e in (e for e in replayed if e.seq in set(p.get("replayed", []))):
-                    apply_event(exp, e)
-            exp.chkpt_manager.head = p.get("checkpoint_id")
-        # other kinds (snapshot, unknown future kinds) change no state
-    finally:
-        exp._recorder.muted -= 1
-
-
-def verify_state(exp: Experiment, event: EventRow) -> Divergence | None:
-    """Compare the live state with the fingerprint recorded with ``event``."""
-    if event.state_hash is None:
-        return None
-    digest, parts = exp._recorder.state_fingerprint()
-    if digest == event.state_hash:
-        return None
-    recorded: dict[str, Any] = event.payload.get("state", {})
-    differs = sorted(k for k, v in parts.items() if recorded.get(k) != v)
-    return Divergence(event.seq, event.kind, differs)
-
-
 @dataclass
 class ReplayOutcome:
-    """What a replay did: the seqs re-applied and verified, and where it stopped (if it did)."""
+    """What a replay did: the state it started from (``base_seq``), the seqs re-executed (or, for a resume,
+    verified) and found to match, and where it stopped, if it did."""
 
-    replayed: list[int]
-    not_restored: list[int]
+    base_seq: int
+    replayed: list[int] = field(default_factory=list)
+    not_restored: list[int] = field(default_factory=list)
     divergence: Divergence | None = None
     error: str | None = None
 
@@ -123,123 +69,208 @@ class ReplayOutcome:
     def ok(self) -> bool:
         return not self.not_restored
 
+    @property
+    def reached(self) -> int:
+        """The seq whose state the replay rebuilt and verified."""
+        return self.replayed[-1] if self.replayed else self.base_seq
 
-def reapply(exp: Experiment, events: Sequence[EventRow], *, strict: bool = False) -> ReplayOutcome:
-    """Apply ``events`` in order, verifying each fingerprint.
 
-    With ``strict`` a divergence or failure raises :class:`ReplayError`; otherwise
-    replay stops there and the remaining seqs are reported as not restored.
-    """
-    done: list[int] = []
-    for i, event in enumerate(events):
-        rest = [ev.seq for ev in events[i:]]
+class Replayer:
+    """Re-executes one experiment's recorded events on its runtime (nothing is recorded again)."""
+
+    def __init__(self, rt: Runtime, recorder: Recorder, statistics: Statistics,
+                 checkpoints: CheckpointManager) -> None:
+        self._rt = rt
+        self._recorder = recorder
+        self._statistics = statistics
+        self._checkpoints = checkpoints
+
+    def log(self) -> Log:
+        return walk(self._rt.store, self._rt.store.get_experiment(self._rt.name))
+
+    # -- one event -------------------------------------------------------------------------------------
+    def restore(self, manifest: str, checkpoint_id: int | None) -> None:
+        """Restore the state a manifest names (all blobs verified before anything changes)."""
+        found, tensors = read_state(self._rt.store, manifest)
+        self._statistics.keep_history()
+        self._rt.restore(tensors, found.meta)
+        self._checkpoints.head = checkpoint_id
+
+    def apply(self, entry: LogEntry, log: Log) -> None:
+        """Re-execute one recorded event without recording it again."""
+        rt, event = self._rt, entry.event
+        self._recorder.muted += 1
         try:
-            apply_event(exp, event)
-        except WeightsLabError as e:
-            if strict:
-                raise ReplayError(f"replay failed at seq {event.seq} ({event.kind}): {e}") from e
-            return ReplayOutcome(done, rest, error=f"seq {event.seq} ({event.kind}): {e}")
-        div = verify_state(exp, event)
-        if div is not None:
-            if strict:
-                raise ReplayError(f"replay diverged at {div}")
-            return ReplayOutcome(done, rest, divergence=div)
-        done.append(event.seq)
-    return ReplayOutcome(done, [])
+            if isinstance(event, StepsTrained):
+                rt.train.sampler.load_state_arrays({k: v.numpy() for k, v in self._blobs(entry, "sampler/").items()})
+                rt.batches.drop()
+                restore_rng(self._blobs(entry, "rng/"))
+                train_loop(rt, event.steps)
+            elif isinstance(event, Evaluated):
+                eval_loop(rt, None if event.full else event.steps)
+            elif isinstance(event, EditEvent):
+                getattr(rt.model, event.METHOD)(**event.call_args())
+            elif isinstance(event, SampleEvent):
+                rt.split(event.split).ledger.apply_recorded(event.KIND, {"ids": self._ids(entry)})
+                rt.batches.reset()
+            elif isinstance(event, ExperimentCreated | CheckpointLoaded):
+                self.restore(event.restored_manifest(), getattr(event, "checkpoint_id", None))
+            elif isinstance(event, CheckpointDumped):
+                self._checkpoints.head = event.checkpoint_id
+            elif isinstance(event, ExperimentResumed):
+                self.restore(event.manifest, event.checkpoint_id)
+                for redo in log.redo_of(entry):
+                    if not isinstance(redo.event, ExperimentResumed):  # verified, not re-executed
+                        self.apply(redo, log)
+        finally:
+            self._recorder.muted -= 1
+
+    def verify(self, entry: LogEntry) -> Divergence | None:
+        """Compare the live state with the fingerprint recorded with ``entry``."""
+        if entry.state_hash is None:
+            return None
+        fp = self._recorder.fingerprint()
+        if fp.digest == entry.state_hash:
+            return None
+        recorded = entry.event.state
+        return Divergence(entry.seq, entry.kind, sorted(k for k, v in fp.groups.items() if recorded.get(k) != v))
+
+    def _blobs(self, entry: LogEntry, prefix: str) -> dict[str, torch.Tensor]:
+        blobs = self._rt.store.blobs
+        return {name[len(prefix):]: decode_tensor(blobs.get(check_hash(h)))
+                for name, h in entry.event.blobs.items() if name.startswith(prefix)}
+
+    def _ids(self, entry: LogEntry) -> list[int]:
+        event = entry.event
+        assert isinstance(event, SampleEvent)
+        if event.ids is not None:
+            return list(event.ids)
+        ids = self._blobs(entry, "ids")
+        if "" not in ids:
+            raise ReplayError(f"event {entry.seq} ({entry.kind}) has no recorded ids")
+        return ids[""].tolist()
+
+    # -- a run of events -------------------------------------------------------------------------------
+    def rebuild(self, plan: RestorePlan, log: Log, *, strict: bool = False) -> ReplayOutcome:
+        """Restore ``plan``'s manifest, then re-execute its events, verifying each fingerprint.
+
+        Stops at the first event that fails or diverges (``strict``: raises :class:`ReplayError`); the
+        state is then that of the failed attempt: see :meth:`back_to`.
+        """
+        outcome = ReplayOutcome(plan.anchor.seq)
+        self.restore(plan.manifest, plan.checkpoint_id)
+        # a resume anchor's state is its manifest plus the events it re-executed (redo)
+        after_resume = isinstance(plan.anchor.event, ExperimentResumed)
+        steps = [*plan.redo, plan.anchor, *plan.then] if after_resume else [plan.anchor, *plan.then]
+        for i, entry in enumerate(steps):
+            try:
+                if entry is not plan.anchor and not isinstance(entry.event, ExperimentResumed):
+                    self.apply(entry, log)  # a resume among the redo steps is verified, not re-executed
+            except WeightsLabError as e:
+                if strict:
+                    raise ReplayError(f"replay failed at seq {entry.seq} ({entry.kind}): {e}") from e
+                outcome.not_restored = [s.seq for s in steps[i:]]
+                outcome.error = f"seq {entry.seq} ({entry.kind}): {e}"
+                return outcome
+            div = self.verify(entry)
+            if div is not None:
+                if strict:
+                    raise ReplayError(f"replay diverged at {div}")
+                outcome.not_restored = [s.seq for s in steps[i:]]
+                outcome.divergence = div
+                return outcome
+            if entry is not plan.anchor or after_resume:
+                outcome.replayed.append(entry.seq)
+        return outcome
+
+    def back_to(self, plan: RestorePlan, log: Log, verified: Sequence[int]) -> None:
+        """Rebuild the last verified state of a replay that stopped: the manifest, then the ``verified`` seqs.
+
+        Raises:
+            ReplayError: an event that verified before does not verify again (non-deterministic code).
+        """
+        self.restore(plan.manifest, plan.checkpoint_id)
+        for seq in verified:
+            entry = log.entry(seq)
+            if not isinstance(entry.event, ExperimentResumed):
+                self.apply(entry, log)
+            div = self.verify(entry)
+            if div is not None:
+                raise ReplayError(f"seq {seq} verified once and not the second time ({div}): the training code "
+                                  "is not deterministic on this machine")
 
 
-# -- replaying a stored experiment (the tools' entry point) ---------------------------------------
+# -- reopening an experiment -----------------------------------------------------------------------------
 
-_RECIPE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+@dataclass
+class ResumeReport:
+    checkpoint_id: int | None  # None: the initial state
+    base_seq: int
+    replayed: list[int] = field(default_factory=list)
+    not_restored: list[int] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        where = "the initial state" if self.checkpoint_id is None else f"checkpoint {self.checkpoint_id}"
+        text = f"resumed from {where} (seq {self.base_seq})"
+        if self.replayed:
+            text += f", replayed events {self.replayed[0]}..{self.replayed[-1]}"
+        if self.not_restored:
+            text += f"; events not restored: {self.not_restored}"
+        return text
 
 
-def load_recipe(recipe: str) -> tuple[Any, Any, Any]:
-    """Import ``"package.module:function"`` and call it: it returns (model, train_dataset, eval_dataset).
+def check_same_data(rt: Runtime, recorded: dict[str, Any]) -> None:
+    """Refuse datasets (and an optimizer class) other than those the experiment was recorded with.
 
     Raises:
-        ReplayError: malformed name, import failure, or a function that returns something else.
+        ConfigurationError: naming what differs and what to do.
     """
-    if not isinstance(recipe, str) or not _RECIPE.match(recipe):
-        raise ReplayError(f"recipe {recipe!r} is not of the form 'package.module:function'")
-    module_name, func_name = recipe.split(":")
-    try:
-        func = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as e:
-        raise ReplayError(f"cannot import recipe {recipe!r}: {e}. Install the package that defines it, "
-                          "or pass --recipe with another one") from e
-    built = func()
-    if not (isinstance(built, tuple) and len(built) == 3):
-        raise ReplayError(f"recipe {recipe!r} must return (model, train_dataset, eval_dataset), got {type(built)}")
-    return built
+    want_opt = recorded.get("optimizer_class")
+    have_opt = f"{type(rt.optimizer).__module__}.{type(rt.optimizer).__name__}"
+    if want_opt is not None and want_opt != have_opt:
+        raise ConfigurationError(
+            f"experiment {rt.name!r} was recorded with optimizer {want_opt}, not {have_opt}; reopen it with "
+            f"optimizer_class={want_opt.rpartition('.')[2]}, or use a new name"
+        )
+    for split in rt.splits:
+        want = recorded.get(f"{split.name}_fingerprint")
+        have = split.ledger.fingerprint()
+        if want is not None and want != have:
+            raise ConfigurationError(
+                f"experiment {rt.name!r} was recorded with a different {split.name} dataset "
+                f"(fingerprint {want}, now {have}); reopen it with the same data, or use a new name"
+            )
 
 
-def _optimizer_class(qualified: str) -> type[torch.optim.Optimizer]:
-    module_name, _, cls_name = qualified.rpartition(".")
-    if not module_name.startswith("torch.optim"):
-        raise ReplayError(f"the experiment used optimizer {qualified}; pass optimizer_class= to replay it")
-    cls = getattr(importlib.import_module(module_name), cls_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ReplayError(f"optimizer {qualified} is not available in this torch")
-    return cls
+def reopen(rt: Runtime, replayer: Replayer, recorder: Recorder) -> ResumeReport:
+    """Bring a reopened experiment to its latest recorded state and record a ``resume`` event.
 
-
-def replica(store: Any, name: str, *, model: Any = None, train_dataset: Any = None, eval_dataset: Any = None,
-            recipe: str | None = None, device: str = "cpu",
-            optimizer_class: type[torch.optim.Optimizer] | None = None) -> Experiment:
-    """A detached, read-only copy of a stored experiment's runtime, for replay.
-
-    The model and datasets come from the caller, or from ``recipe`` (default: the recorded one).
-    """
-    from weightslab.experiment.experiment import Experiment
-    from weightslab.experiment.resume import check_same_data
-    from weightslab.history.store import Store
-
-    store = store if isinstance(store, Store) else Store.open(store)
-    row = store.get_experiment(name)
-    recorded = row.config
-    if model is None:
-        recipe = recipe or row.recipe
-        if not recipe:
-            raise ReplayError(f"experiment {name!r} recorded no recipe: pass the model and datasets, or a recipe "
-                              "('package.module:function')")
-        model, train_dataset, eval_dataset = load_recipe(recipe)
-    cfg = recorded.get("config", {})
-    exp = Experiment(
-        model, optimizer_class or _optimizer_class(recorded["optimizer_class"]), train_dataset, eval_dataset,
-        device=device, learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"], name=name, store=store,
-        seed=cfg["seed"], eval_every=cfg.get("eval_every"), eval_batch_size=cfg.get("eval_batch_size"),
-        num_workers=cfg.get("num_workers", 0), optimizer_kwargs=cfg.get("optimizer_kwargs"), progress=False,
-        _replica=True,
-    )
-    check_same_data(exp, recorded)
-    return exp
-
-
-def replay_to(exp: Experiment, seq: int | None = None, *, from_start: bool = False) -> ReplayOutcome:
-    """Rebuild ``exp`` (a replica) at event ``seq`` (default: the last): nearest recorded state, then replay.
+    The latest restorable state is restored and the events after it re-executed. If one of them cannot
+    be reproduced, the state goes back to the last one that was verified, and the ``resume`` event says
+    which events were restored and which not (with a warning), so the log stays replayable: its state is
+    its manifest plus the events it lists as replayed.
 
     Raises:
-        ReplayError: ``seq`` outside the log (the message gives the range).
+        IntegrityError: the event log's hash chain does not verify (an edited, deleted or reordered
+            event): nothing is replayed from a history that cannot be trusted.
     """
-    from weightslab.experiment.resume import manifest_of_event
-
-    events = exp.store.events(exp.experiment_id)
-    last = events[-1].seq if events else 0
-    target = last if seq is None else seq
-    if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= last:
-        raise ReplayError(f"seq {seq!r} is outside the event log of {exp.name!r} (1..{last})")
-    events = [e for e in events if e.seq <= target]
-    base_i = 0
-    if not from_start:
-        base_i = max(i for i, e in enumerate(events) if e.kind in ("create", "dump", "load"))
-    base = events[base_i]
-    manifest, checkpoint_id = manifest_of_event(base)
-    tensors, meta = read_manifest(exp, manifest)
-    exp._restore(tensors, meta)
-    exp.chkpt_manager.head = checkpoint_id
-    div = verify_state(exp, base)
-    if div is not None:
-        return ReplayOutcome([], [e.seq for e in events[base_i:]], divergence=div)
-    outcome = reapply(exp, events[base_i + 1:])
-    outcome.replayed.insert(0, base.seq)
-    return outcome
+    chain = rt.store.verify_chain(rt.experiment_id)
+    if not chain.ok:
+        raise IntegrityError(
+            f"experiment {rt.name!r}: its event log fails verification at seq {chain.first_bad_seq} "
+            f"({chain.reason}); refusing to resume from it. Inspect it with `weightslab audit {rt.name}`."
+        )
+    log = replayer.log()
+    plan = log.plan()
+    outcome = replayer.rebuild(plan, log)
+    if outcome.not_restored:
+        replayer.back_to(plan, log, outcome.replayed)
+        why = outcome.divergence or outcome.error
+        warnings.warn(f"experiment {rt.name!r}: events {outcome.not_restored} could not be re-applied ({why}); "
+                      f"continuing from the state after seq {outcome.reached}", stacklevel=3)
+    recorder.append(ExperimentResumed(
+        checkpoint_id=plan.checkpoint_id, manifest=plan.manifest, base_seq=plan.manifest_seq,
+        replayed=tuple(outcome.replayed), not_restored=tuple(outcome.not_restored),
+        replayed_ops=tuple(f"replayed seq {s}" for s in outcome.replayed),
+    ), flush_all=True)
+    return ResumeReport(plan.checkpoint_id, plan.manifest_seq, list(outcome.replayed), list(outcome.not_restored))

@@ -1,33 +1,23 @@
-"""The experiment's full state as named tensors, and its fingerprint.
+"""Tensor hashes: a tensor's hash is the SHA-256 of its WLT1 bytes, the name of the blob it would be.
 
 One flat namespace of tensors covers everything a checkpoint restores and a
-fingerprint proves: ``model/*`` (parameters and buffers, per-neuron settings
-and counters included), ``optim/<param index>/<key>``, ``ledger/<split>/*``,
-``sampler/<split>/*`` and ``rng/*``. Non-tensor parts (optimizer
-hyper-parameters, architecture) travel as JSON beside it.
-
-A tensor's hash is the SHA-256 of its WLT1 bytes (the blob it would be stored
-as); the state hash is the SHA-256 of the canonical JSON of {name: hash}, so a
-checkpoint manifest proves the state hash recorded with its event.
+fingerprint proves (see :mod:`weightslab.experiment.capture`); the state hash of
+their hashes is defined with the manifest format (:mod:`weightslab.history.manifest`),
+so a checkpoint's manifest proves the state hash recorded with its event.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from weightslab.events.codec import canonical_json
 from weightslab.history.hashing import sha256_many
 from weightslab.history.tensorcodec import flat_bytes, header_prefix
 
-__all__ = ["GROUPS", "group_hashes", "state_hash", "tensor_hash", "to_tensor"]
-
-GROUPS = ("model", "optim", "ledger", "sampler", "rng")
+__all__ = ["tensor_hash", "tensor_hashes", "to_tensor"]
 
 
 def to_tensor(value: Any) -> torch.Tensor:
@@ -59,37 +49,3 @@ def tensor_hashes(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """:func:`tensor_hash` of each tensor, hashed on a few threads when there is much to hash."""
     names = list(tensors)
     return dict(zip(names, sha256_many([_tensor_parts(tensors[n]) for n in names])))
-
-
-def state_hash(hashes: Mapping[str, str]) -> str:
-    """The fingerprint of a whole state, from its per-tensor hashes."""
-    return hashlib.sha256(_names_json(hashes).encode()).hexdigest()
-
-
-def _names_json(hashes: Mapping[str, str]) -> str:
-    """``canonical_json(hashes)`` for a flat map of text to text, without the general walk over values.
-
-    Text that the general encoder would refuse (a NUL, which JSON writes as an escape, or a lone
-    surrogate, which UTF-8 cannot hold) goes through :func:`canonical_json` itself, so the output,
-    or the error, is always the same.
-    """
-    if all(type(k) is str and type(v) is str for k, v in hashes.items()):
-        text = json.dumps(dict(hashes), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        if "\\u0000" not in text:
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                pass
-            else:
-                return text
-    return canonical_json(dict(hashes))
-
-
-def group_hashes(hashes: Mapping[str, str], groups: Iterable[str] = GROUPS) -> dict[str, str]:
-    """Fingerprint per group (model, optim, ledger, sampler, rng), to say *what* differs."""
-    parts: dict[str, dict[str, str]] = {g: {} for g in groups}
-    for k, v in hashes.items():
-        part = parts.get(k.partition("/")[0])
-        if part is not None:
-            part[k] = v
-    return {g: state_hash(part) for g, part in parts.items()}

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-__all__ = ["TensorBoardLog"]
+from weightslab.events.domain import DomainEvent, Evaluated, StepsTrained
+
+if TYPE_CHECKING:
+    from weightslab.experiment.runtime import Runtime
+
+__all__ = ["Board", "TensorBoardLog"]
 
 #: Curves reach the event file within this many seconds (operation markers at once).
 FLUSH_SECS = 5
@@ -55,3 +61,41 @@ class TensorBoardLog:
 
     def close(self) -> None:
         self._writer.close()
+
+
+class Board:
+    """An experiment's TensorBoard glue: curves after each train/eval call, a marker and the layer widths
+    after every other event. The writer starts on first use (a replica never writes)."""
+
+    def __init__(self, rt: Runtime, logdir: Path) -> None:
+        self._rt = rt
+        self.logdir = logdir
+        self._log: TensorBoardLog | None = None
+
+    def _writer(self) -> TensorBoardLog:
+        if self._log is None:
+            self._log = TensorBoardLog(self.logdir)
+        return self._log
+
+    def on_event(self, row: Any, event: DomainEvent) -> None:
+        """Recorder listener: mark every event but training and evaluation (those are curves)."""
+        if isinstance(event, StepsTrained | Evaluated):
+            return
+        age = self._rt.model_age
+        self._writer().marker(row.seq, event.summary(), age)
+        self._writer().widths(self._rt.widths(), age)  # on disk within FLUSH_SECS, and at close()
+
+    def scalars(self, split: str, loss: float, acc: float) -> None:
+        # No flush here: TensorBoard's writer thread flushes every few seconds (flush_secs), and a
+        # flush per training call would make the training loop wait for a disk write.
+        self._writer().scalars(split, {"loss": loss, "accuracy": acc}, self._rt.model_age)
+
+    def trigger_rates(self) -> None:
+        rates = {(i, split): layer.trigger_rates(split)
+                 for i, layer in enumerate(self._rt.model.layers) for split in ("train", "eval")}
+        self._writer().trigger_rates(rates, self._rt.model_age)
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None

@@ -18,7 +18,6 @@ with which code. Nothing here imports torch or writes to the store.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,27 +25,32 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, select, text
+from sqlalchemy import Text, cast, func, select
 
-from weightslab.errors import ConfigurationError, EventPayloadError, StoreError
-from weightslab.events.codec import canonical_json
-from weightslab.events.summary import summarize
+from weightslab.errors import ConfigurationError, EventPayloadError, IntegrityError, StoreError
+from weightslab.events.domain import (
+    CheckpointDumped,
+    CheckpointLoaded,
+    ExperimentCreated,
+    ExperimentResumed,
+    RecordedEvent,
+)
 from weightslab.history.blobs import check_hash
-from weightslab.history.eventlog import ChainReport, EventRow
+from weightslab.history.eventlog import ChainReport
+from weightslab.history.log import Log, LogEntry, walk
+from weightslab.history.manifest import FORMAT, parse_manifest, state_hash
 from weightslab.history.schema import Checkpoint, Event, Experiment, Snapshot
 from weightslab.history.store import Store
 
 __all__ = [
-    "MANIFEST_FORMAT",
     "AuditReport",
     "StoreAuditReport",
     "audit_experiment",
     "audit_store",
     "events_frame",
     "experiments_frame",
+    "log_frame",
 ]
-
-MANIFEST_FORMAT = "weightslab.state/1"
 
 EVENT_COLUMNS = ["seq", "created_at", "kind", "summary", "actor", "code_version",
                  "state_hash", "prev_hash", "hash", "payload"]
@@ -94,17 +98,20 @@ def events_frame(store: Store, name: str, from_seq: int | None = None, to_seq: i
     Example:
         >>> events_frame(store, "x0", from_seq=3)[["seq", "kind", "summary"]]
     """
-    exp = store.get_experiment(name)
-    last = store.last_seq(exp.experiment_id)
-    _check_seq_range(name, last, from_seq, to_seq)
-    rows = store.events(exp.experiment_id, from_seq or 1, to_seq)
-    return pd.DataFrame([_event_record(e) for e in rows], columns=EVENT_COLUMNS)
+    log = walk(store, name, strict=False)
+    _check_seq_range(name, log.last_seq, from_seq, to_seq)
+    lo, hi = from_seq or 1, to_seq or log.last_seq
+    return log_frame([e for e in log if lo <= e.seq <= hi])
 
 
-def _event_record(e: EventRow) -> dict[str, Any]:
-    return {"seq": e.seq, "created_at": e.created_at, "kind": e.kind, "summary": summarize(e.kind, e.payload),
-            "actor": e.actor, "code_version": e.code_version, "state_hash": e.state_hash,
-            "prev_hash": e.prev_hash, "hash": e.hash, "payload": e.payload}
+def log_frame(entries: Sequence[LogEntry] | Log) -> pd.DataFrame:
+    """Walked events as a DataFrame: seq, time, kind, one-line summary, who, code version, hashes and the
+    payload (a dict per row), as ``exp.events()`` and ``weightslab events`` show them."""
+    return pd.DataFrame([{
+        "seq": e.seq, "created_at": e.record.created_at, "kind": e.kind, "summary": e.event.summary(),
+        "actor": e.record.actor, "code_version": e.record.code_version, "state_hash": e.record.state_hash,
+        "prev_hash": e.record.prev_hash, "hash": e.record.hash, "payload": e.event.to_payload(),
+    } for e in entries], columns=EVENT_COLUMNS)
 
 
 def _check_seq_range(name: str, last: int, from_seq: int | None, to_seq: int | None) -> None:
@@ -206,13 +213,7 @@ def audit_experiment(store: Store, name: str) -> AuditReport:
     """
     exp = store.get_experiment(name)
     problems: list[str] = []
-    try:
-        chain = store.verify_chain(exp.experiment_id)
-        events: list[EventRow] | None = store.events(exp.experiment_id)
-    except (ValueError, EventPayloadError) as e:  # a payload that is not JSON any more
-        seq = _first_undecodable_seq(store, exp.experiment_id)
-        chain = ChainReport(False, store.last_seq(exp.experiment_id), seq, f"its payload cannot be decoded ({e})")
-        events = None
+    chain, log = _read_log(store, exp)
     if not chain.ok:
         problems.append(f"hash chain broken at seq {chain.first_bad_seq}: {chain.reason}")
     with store.reading() as conn:
@@ -222,10 +223,10 @@ def audit_experiment(store: Store, name: str) -> AuditReport:
                              .order_by(Snapshot.snapshot_id)).all()
     checker = _BlobChecker(store)
     bad: tuple[str, str] | None = None
-    if events is None:
+    if log is None:
         problems.append("blob checks skipped: the event log cannot be read")
     else:
-        for role, digest, problem in _walk(events, ckpts, snaps, checker):
+        for role, digest, problem in _walk(log, ckpts, snaps, checker):
             if problem:
                 problems.append(f"{role}: {problem}")
                 if digest is not None:
@@ -238,10 +239,31 @@ def audit_experiment(store: Store, name: str) -> AuditReport:
     )
 
 
+def _read_log(store: Store, exp: Any) -> tuple[ChainReport, Log | None]:
+    """The chain's verdict and the walked log (None, and a failed verdict naming the seq, when an event's
+    payload is not JSON any more or does not decode into its event class)."""
+    try:
+        chain = store.verify_chain(exp.experiment_id)
+        rows = store.events(exp.experiment_id)
+    except (ValueError, EventPayloadError) as e:  # a payload that is not a JSON object any more
+        return ChainReport(False, store.last_seq(exp.experiment_id), _first_undecodable_seq(store, exp.experiment_id),
+                           f"its payload cannot be decoded ({e})"), None
+    records = []
+    for row in rows:
+        try:
+            records.append(RecordedEvent.from_row(row))
+        except EventPayloadError as e:
+            if chain.ok or (chain.first_bad_seq or 0) > row.seq:
+                chain = ChainReport(False, chain.events, row.seq, f"its payload does not decode ({e})")
+            return chain, None
+    return chain, Log.of(exp.name, exp.experiment_id, records)
+
+
 def _first_undecodable_seq(store: Store, experiment_id: int) -> int | None:
+    ev = Event.__table__
     with store.reading() as conn:
-        rows = conn.execute(text("SELECT seq, payload FROM events WHERE experiment_id = :e ORDER BY seq"),
-                            {"e": experiment_id}).all()
+        rows = conn.execute(select(ev.c.seq, cast(ev.c.payload, Text)).where(ev.c.experiment_id == experiment_id)
+                            .order_by(ev.c.seq)).all()
     for seq, payload in rows:
         if isinstance(payload, str | bytes):
             try:
@@ -281,34 +303,30 @@ class _BlobChecker:
 _Finding = tuple[str, str | None, str | None]  # (what it is, blob hash or None, problem or None)
 
 
-def _walk(events: Sequence[EventRow], ckpts: Sequence[Any], snaps: Sequence[Any],
-          checker: _BlobChecker) -> Iterator[_Finding]:
+def _walk(log: Log, ckpts: Sequence[Any], snaps: Sequence[Any], checker: _BlobChecker) -> Iterator[_Finding]:
     """Every blob the history names, in log order, with what is wrong with it (if anything)."""
     by_id = {c.checkpoint_id: c for c in ckpts}
-    dumped: set[Any] = set()
-    for e in events:
-        p = e.payload
-        if e.kind == "create" and p.get("initial"):
-            yield from _manifest(f"initial state (seq {e.seq})", p["initial"], None, checker)
-        elif e.kind == "dump":
-            cid = p.get("checkpoint_id")
+    dumped: set[int] = set()
+    for e in log:
+        event = e.event
+        if isinstance(event, ExperimentCreated):
+            yield from _manifest(f"initial state (seq {e.seq})", event.initial, None, checker)
+        elif isinstance(event, CheckpointDumped):
+            cid = event.checkpoint_id
             role = f"checkpoint {cid} (seq {e.seq})"
             dumped.add(cid)
             row = by_id.get(cid)
             if row is None:
                 yield role, None, "the dump event has no row in the checkpoints table"
-            elif row.manifest_hash != p.get("manifest") or row.event_seq != e.seq or row.parent_id != p.get(
-                    "parent_id"):
+            elif row.manifest_hash != event.manifest or row.event_seq != e.seq or row.parent_id != event.parent_id:
                 yield role, None, (f"the checkpoints table (manifest {str(row.manifest_hash)[:12]}, seq "
                                    f"{row.event_seq}, parent {row.parent_id}) disagrees with the dump event "
-                                   f"(manifest {str(p.get('manifest'))[:12]}, seq {e.seq}, parent {p.get('parent_id')})")
-            yield from _manifest(role, p.get("manifest"), e.state_hash, checker)
-        elif e.kind in ("load", "resume") and p.get("manifest"):
-            yield from _manifest(f"state loaded at seq {e.seq}", p["manifest"], None, checker)
-        named = p.get("blobs")
-        for blob_name, digest in sorted(named.items() if isinstance(named, dict) else []):
-            role = f"seq {e.seq} ({e.kind}): blob {blob_name}"
-            yield role, str(digest), checker.check(digest)
+                                   f"(manifest {event.manifest[:12]}, seq {e.seq}, parent {event.parent_id})")
+            yield from _manifest(role, event.manifest, e.state_hash, checker)
+        elif isinstance(event, CheckpointLoaded | ExperimentResumed):
+            yield from _manifest(f"state loaded at seq {e.seq}", event.manifest, None, checker)
+        for blob_name, digest in sorted(event.blobs.items()):
+            yield f"seq {e.seq} ({e.kind}): blob {blob_name}", str(digest), checker.check(digest)
     for c in ckpts:
         if c.checkpoint_id not in dumped:
             yield (f"checkpoint {c.checkpoint_id}", None,
@@ -318,7 +336,7 @@ def _walk(events: Sequence[EventRow], ckpts: Sequence[Any], snaps: Sequence[Any]
         yield role, str(s.blob_hash), checker.check(s.blob_hash)
 
 
-def _manifest(role: str, digest: Any, state_hash: str | None, checker: _BlobChecker) -> Iterator[_Finding]:
+def _manifest(role: str, digest: Any, recorded: str | None, checker: _BlobChecker) -> Iterator[_Finding]:
     """The manifest blob, then every tensor blob it names (each manifest is walked once)."""
     where = f"{role}: manifest"
     tensors = checker.manifests.get(digest) if isinstance(digest, str) else None
@@ -328,20 +346,12 @@ def _manifest(role: str, digest: Any, state_hash: str | None, checker: _BlobChec
         if data is None:
             return
         try:
-            manifest = json.loads(data.decode("utf-8"))
-            tensors = manifest["tensors"]
-            if manifest.get("format") != MANIFEST_FORMAT or not isinstance(tensors, dict):
-                raise ValueError(f"format {manifest.get('format')!r}")
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            yield where, str(digest), f"not a {MANIFEST_FORMAT} manifest ({e})"
+            tensors = parse_manifest(data, str(digest)).tensors
+        except IntegrityError as e:
+            yield where, str(digest), f"not a {FORMAT} manifest ({e})"
             return
         for tensor_name in sorted(tensors):
             yield f"{role}: tensor {tensor_name}", str(tensors[tensor_name]), checker.check(tensors[tensor_name])
         checker.manifests[digest] = tensors
-    if state_hash is not None and _state_hash(tensors) != state_hash:
+    if recorded is not None and state_hash(tensors) != recorded:
         yield where, str(digest), "its tensors do not hash to the state hash recorded with the event"
-
-
-def _state_hash(tensor_hashes: dict[str, str]) -> str:
-    """The state fingerprint of a manifest's tensors (as ``experiment.state.state_hash``, without torch)."""
-    return hashlib.sha256(canonical_json(dict(tensor_hashes)).encode()).hexdigest()

@@ -16,19 +16,14 @@ No torch: tensors are compared by hash and the deny masks are read with numpy.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from weightslab.errors import ConfigurationError, IntegrityError
-from weightslab.events.summary import summarize
-from weightslab.history.audit import MANIFEST_FORMAT
 from weightslab.history.blobs import check_hash
-from weightslab.history.eventlog import EventRow
-from weightslab.history.schema import Checkpoint
+from weightslab.history.log import LogEntry, walk
 from weightslab.history.store import Store
 from weightslab.history.tensorcodec import _parse
 
@@ -56,8 +51,8 @@ class CheckpointDiff:
     a: int
     b: int
     ancestor: int | None  # None: they meet only at the initial state
-    events_to_a: list[EventRow]
-    events_to_b: list[EventRow]
+    events_to_a: list[LogEntry]
+    events_to_b: list[LogEntry]
     tensors_added: list[str]  # in B, not in A
     tensors_removed: list[str]  # in A, not in B
     tensors_changed: list[str]  # in both, different content
@@ -74,7 +69,7 @@ class CheckpointDiff:
             if target == self.ancestor:
                 continue
             lines.append(f"Events from {base} to checkpoint {target}: {len(evs)}")
-            lines += [f"  seq {e.seq:>5}  {e.kind:<22} {summarize(e.kind, e.payload)}" for e in evs]
+            lines += [f"  seq {e.seq:>5}  {e.kind:<22} {e.event.summary()}" for e in evs]
         if self.architecture_a == self.architecture_b:
             lines.append(f"Architecture: unchanged {self.architecture_a}")
         else:
@@ -97,8 +92,8 @@ class CheckpointDiff:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        def evs(rows: list[EventRow]) -> list[dict[str, Any]]:
-            return [{"seq": e.seq, "kind": e.kind, "summary": summarize(e.kind, e.payload)} for e in rows]
+        def evs(rows: list[LogEntry]) -> list[dict[str, Any]]:
+            return [{"seq": e.seq, "kind": e.kind, "summary": e.event.summary()} for e in rows]
 
         return {
             "experiment": self.experiment, "a": self.a, "b": self.b, "ancestor": self.ancestor,
@@ -122,18 +117,16 @@ def diff_checkpoints(store: Store, name: str, a: int, b: int) -> CheckpointDiff:
         >>> print(diff_checkpoints(Store.open("./store"), "x0", 1, 2).render_text())
     """
     exp = store.get_experiment(name)
-    with store.reading() as conn:
-        rows = {r.checkpoint_id: r for r in conn.execute(
-            select(Checkpoint.__table__).where(Checkpoint.experiment_id == exp.experiment_id))}
+    rows = {r.checkpoint_id: r for r in store.checkpoints(exp.experiment_id)}
     for cid in (a, b):
         if isinstance(cid, bool) or not isinstance(cid, int) or cid not in rows:
             shown = ", ".join(str(i) for i in sorted(rows)) or "none (exp.dump() creates checkpoint 0)"
             raise ConfigurationError(f"checkpoint {cid!r} does not exist in experiment {name!r}; "
                                      f"its checkpoints: {shown}")
     ancestor = _common_ancestor(rows, a, b)
-    segments = _segments(store.events(exp.experiment_id))
-    man_a, man_b = _manifest(store, rows[a].manifest_hash), _manifest(store, rows[b].manifest_hash)
-    ta, tb = man_a["tensors"], man_b["tensors"]
+    segments = walk(store, exp).segments()
+    man_a, man_b = store.read_manifest(rows[a].manifest_hash), store.read_manifest(rows[b].manifest_hash)
+    ta, tb = man_a.tensors, man_b.tensors
     return CheckpointDiff(
         experiment=name, a=a, b=b, ancestor=ancestor,
         events_to_a=_path_events(rows, segments, ancestor, a),
@@ -141,8 +134,8 @@ def diff_checkpoints(store: Store, name: str, a: int, b: int) -> CheckpointDiff:
         tensors_added=sorted(set(tb) - set(ta)), tensors_removed=sorted(set(ta) - set(tb)),
         tensors_changed=sorted(k for k in set(ta) & set(tb) if ta[k] != tb[k]),
         tensors_unchanged=sum(1 for k in set(ta) & set(tb) if ta[k] == tb[k]),
-        architecture_a=list(man_a.get("meta", {}).get("architecture", [])),
-        architecture_b=list(man_b.get("meta", {}).get("architecture", [])),
+        architecture_a=list(man_a.meta.get("architecture", [])),
+        architecture_b=list(man_b.meta.get("architecture", [])),
         ledger=_ledger_changes(store, ta, tb),
     )
 
@@ -162,50 +155,15 @@ def _common_ancestor(rows: dict[int, Any], a: int, b: int) -> int | None:
     return next((c for c in _ancestry(rows, a) if c in up_b), None)
 
 
-def _segments(events: list[EventRow]) -> dict[int, list[EventRow]]:
-    """For each checkpoint, the events from its parent's state to its dump (load/resume and dump included).
-
-    The segment of a root checkpoint starts after the ``create`` event.
-    """
-    by_seq = {e.seq: e for e in events}
-    segments: dict[int, list[EventRow]] = {}
-    pending: list[EventRow] = []
-    for e in events:
-        if e.kind == "create":
-            pending = []
-        elif e.kind == "dump":
-            segments[int(e.payload["checkpoint_id"])] = [*pending, e]
-            pending = []
-        elif e.kind == "load":
-            pending = [e]
-        elif e.kind == "resume":  # the state of a checkpoint plus the events it replayed
-            pending = [by_seq[s] for s in e.payload.get("replayed", []) if s in by_seq] + [e]
-        else:
-            pending.append(e)
-    return segments
-
-
-def _path_events(rows: dict[int, Any], segments: dict[int, list[EventRow]], ancestor: int | None,
-                 target: int) -> list[EventRow]:
+def _path_events(rows: dict[int, Any], segments: dict[int, list[LogEntry]], ancestor: int | None,
+                 target: int) -> list[LogEntry]:
     path = _ancestry(rows, target)
     if ancestor is not None:
         path = path[: path.index(ancestor)]
-    out: list[EventRow] = []
+    out: list[LogEntry] = []
     for cid in reversed(path):
         out += segments.get(cid, [])
     return out
-
-
-def _manifest(store: Store, digest: str) -> dict[str, Any]:
-    raw = store.blobs.get(check_hash(digest))
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IntegrityError(f"manifest {digest} is not JSON ({e}); the store is damaged") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
-            or not isinstance(manifest.get("tensors"), dict):
-        raise IntegrityError(f"manifest {digest} is not a {MANIFEST_FORMAT} manifest; the store is damaged")
-    return manifest
 
 
 def _ledger_changes(store: Store, ta: dict[str, str], tb: dict[str, str]) -> list[LedgerChange]:

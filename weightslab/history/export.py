@@ -28,7 +28,7 @@ from weightslab.history.audit import events_frame
 from weightslab.history.schema import NeuronStat, SampleStat, Snapshot
 from weightslab.history.store import Store
 
-__all__ = ["ExportedFile", "export_experiment", "sample_history_frame", "table_frame", "write_table"]
+__all__ = ["ExportedFile", "export_experiment", "json_cells", "sample_history_frame", "table_frame", "write_table"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     suffix = target.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise ConfigurationError(f"cannot write {target}: give a file name ending in .csv or .parquet")
-    flat = _json_cells(frame)
+    flat = json_cells(frame)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         if suffix == ".csv":
@@ -134,7 +134,8 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def _json_cells(frame: pd.DataFrame) -> pd.DataFrame:
+def json_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with dict and list cells (JSON payloads) as canonical JSON text (for CSV and Parquet)."""
     out = frame.copy()
     for col in out.columns:
         if out[col].dtype == object and out[col].map(lambda v: isinstance(v, dict | list)).any():

@@ -9,36 +9,38 @@ No torch needed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from weightslab.events.summary import summarize
+from weightslab.events.domain import (
+    CheckpointDumped,
+    CheckpointLoaded,
+    ExperimentResumed,
+    StepsTrained,
+)
+from weightslab.history.log import Log, LogEntry
 
-__all__ = ["CheckpointNode", "Lineage", "build_lineage"]
+__all__ = ["CheckpointNode", "Lineage"]
 
-_QUIET = {"eval", "snapshot"}  # not shown as operations between checkpoints
 _MAX_OPS = 12  # operations listed under a checkpoint (the latest ones)
 
 
-def _compact(ops: list[tuple[str, Any]]) -> list[str]:
+def _compact(ops: list[LogEntry]) -> list[str]:
     """Summaries, with consecutive training calls merged into one line."""
     out: list[str] = []
     i = 0
     while i < len(ops):
-        kind, p = ops[i]
-        if kind == "train":
-            j, steps = i, 0
-            while j < len(ops) and ops[j][0] == "train":
-                steps += int(ops[j][1].get("steps", 0))
+        if isinstance(ops[i].event, StepsTrained):
+            j = i
+            while j < len(ops) and isinstance(ops[j].event, StepsTrained):
                 j += 1
-            first, last = ops[i][1], ops[j - 1][1]
-            calls = f" in {j - i} calls" if j - i > 1 else ""
-            out.append(f"train {steps} steps{calls} (age {int(first.get('age_before', 0)):,} → "
-                       f"{int(last.get('age_after', 0)):,})")
+            calls: list[Any] = [e.event for e in ops[i:j]]
+            steps = sum(c.steps for c in calls)
+            many = f" in {j - i} calls" if j - i > 1 else ""
+            out.append(f"train {steps} steps{many} (age {calls[0].age_before:,} → {calls[-1].age_after:,})")
             i = j
         else:
-            out.append(summarize(kind, p))
+            out.append(ops[i].event.summary())
             i += 1
     return out
 
@@ -122,39 +124,34 @@ class Lineage:
             out.append(f'  {src} -->|"{ops}"| c{cid}' if ops else f"  {src} --> c{cid}")
         return "\n".join(out)
 
+    @classmethod
+    def of(cls, log: Log) -> Lineage:
+        """Build the tree from a walked log (:func:`weightslab.history.log.walk`)."""
+        nodes: dict[int, CheckpointNode] = {}
+        pending: list[LogEntry] = []
+        for e in log:
+            event = e.event
+            if isinstance(event, CheckpointDumped):
+                cid, parent = event.checkpoint_id, event.parent_id
+                nodes[cid] = CheckpointNode(cid, parent, e.seq, event.model_age, event.manifest,
+                                            list(event.architecture), _compact(pending))
+                if parent is not None and parent in nodes:
+                    nodes[parent].children.append(cid)
+                pending = []
+            elif isinstance(event, CheckpointLoaded):
+                pending = []
+            elif isinstance(event, ExperimentResumed):
+                # a resume restores its base state and re-applies the events after it: the operations
+                # pending since the head stay pending, unless some could not be restored
+                if event.not_restored:
+                    pending = [e]
+            elif event.OPERATION:
+                pending.append(e)
+        return cls(log.name, nodes, log.head, _compact(pending), log.last_seq)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "head": self.head, "last_seq": self.last_seq,
             "ops_since_head": self.ops_since_head,
             "checkpoints": [vars(n) | {"children": list(n.children)} for _, n in sorted(self.nodes.items())],
         }
-
-
-def build_lineage(name: str, events: Iterable[Any]) -> Lineage:
-    """Build the tree from an experiment's events (objects with seq, kind, payload)."""
-    nodes: dict[int, CheckpointNode] = {}
-    head: int | None = None
-    pending: list[tuple[str, Any]] = []
-    last_seq = 0
-    for e in events:
-        last_seq = e.seq
-        p = e.payload
-        if e.kind == "dump":
-            cid = int(p["checkpoint_id"])
-            parent = p.get("parent_id")
-            nodes[cid] = CheckpointNode(cid, parent, e.seq, int(p.get("model_age", 0)), p.get("manifest", ""),
-                                        list(p.get("architecture", [])), _compact(pending))
-            if parent is not None and parent in nodes:
-                nodes[parent].children.append(cid)
-            head, pending = cid, []
-        elif e.kind == "load":
-            head, pending = p.get("checkpoint_id"), []
-        elif e.kind == "resume":
-            # a resume restores its base state and re-applies the events after it: the operations
-            # pending since the head stay pending unless some could not be restored
-            head = p.get("checkpoint_id")
-            if p.get("not_restored"):
-                pending = [("resume", p)]
-        elif e.kind not in _QUIET and e.kind != "create":
-            pending.append((e.kind, p))
-    return Lineage(name, nodes, head, _compact(pending), last_seq)

@@ -19,17 +19,23 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection
+from sqlalchemy import Boolean, Connection, Float, delete, tuple_
 
-__all__ = ["NEURON_COLUMNS", "SAMPLE_COLUMNS", "upsert_neuron_stats", "upsert_sample_stats"]
+from weightslab.history.schema import NeuronStat, SampleStat
 
-SAMPLE_COLUMNS = (
-    "sample_id", "prediction_age", "prediction_loss", "exposure_amount", "deny_listed", "prediction", "label",
-)
-NEURON_COLUMNS = ("layer_index", "neuron_index", "split", "layer_name", "trigger_count", "seen_samples")
+__all__ = ["NEURON_COLUMNS", "SAMPLE_COLUMNS", "replace_neuron_stats", "upsert_neuron_stats", "upsert_sample_stats"]
 
-_SAMPLE_KEY = ("experiment_id", "split", "sample_id")
-_NEURON_KEY = ("experiment_id", "layer_index", "neuron_index", "split")
+def _columns(table: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(key columns, the columns a row gives) of a statistics table: the experiment id is bound once."""
+    key = tuple(c.name for c in table.primary_key.columns)
+    return key, tuple(c.name for c in table.columns if c.name != "experiment_id")
+
+
+# Derived from the schema (weightslab/history/schema.py), the one place the tables are defined.
+_SAMPLE_KEY, _SAMPLE_ROW = _columns(SampleStat.__table__)
+_NEURON_KEY, NEURON_COLUMNS = _columns(NeuronStat.__table__)
+#: The columns of a split's sample rows (the split itself is bound once per statement).
+SAMPLE_COLUMNS = tuple(c for c in _SAMPLE_ROW if c != "split")
 
 
 def _merge_sql(table: str, columns: Sequence[str], key: Sequence[str], source: str) -> str:
@@ -96,11 +102,13 @@ def _column(values: Any, nullable: bool, kind: type) -> list[Any]:
     return arr.tolist()
 
 
-_SAMPLE_KINDS = {
-    "sample_id": (False, int), "prediction_age": (True, int), "prediction_loss": (True, float),
-    "exposure_amount": (False, int), "deny_listed": (False, bool), "prediction": (True, int),
-    "label": (True, int),
-}
+def _kind(column: Any) -> tuple[bool, type]:
+    """(nullable, Python type) of a column, for :func:`_column`."""
+    t = column.type
+    return bool(column.nullable), bool if isinstance(t, Boolean) else float if isinstance(t, Float) else int
+
+
+_SAMPLE_KINDS = {c: _kind(SampleStat.__table__.c[c]) for c in SAMPLE_COLUMNS}
 
 
 def upsert_sample_stats(
@@ -175,3 +183,13 @@ def _bulk(conn: Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
                 copy.write_row(row)
         cur.execute(_PG_SAMPLE if table == "sample_stats" else _PG_NEURON)
         cur.execute(_PG_TRUNCATE[table])
+
+
+def replace_neuron_stats(conn: Connection, experiment_id: int, rows: Sequence[Sequence[Any]],
+                         rewrite: Sequence[tuple[int, str]] = ()) -> None:
+    """Upsert neuron rows; the (layer, split) pairs in ``rewrite`` lose their old rows first (a layer whose
+    width changed: rows beyond its new width must go). One statement deletes every pair."""
+    if rewrite:
+        conn.execute(delete(NeuronStat).where(NeuronStat.experiment_id == experiment_id,
+                                              tuple_(NeuronStat.layer_index, NeuronStat.split).in_(list(rewrite))))
+    upsert_neuron_stats(conn, experiment_id, rows)

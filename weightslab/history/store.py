@@ -7,14 +7,15 @@ driver errors (SQLAlchemy, OS) become WeightsLab errors.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import errno
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import StatementError as SAStatementError
@@ -27,11 +28,18 @@ from weightslab.errors import (
     UnknownExperimentError,
     WeightsLabError,
 )
-from weightslab.history import eventlog, migrate, snapshots
-from weightslab.history.blobs import BlobStore
-from weightslab.history.locate import READS_OPTION, StoreLocation, make_engine, resolve_store
+from weightslab.history import checkpoints, eventlog, migrate, snapshots, stats
+from weightslab.history.blobs import BlobStore, check_hash
+from weightslab.history.locate import (
+    READS_OPTION,
+    StoreLocation,
+    make_engine,
+    require_database,
+    resolve_store,
+)
+from weightslab.history.manifest import Manifest, parse_manifest
 from weightslab.history.schema import Experiment, Snapshot
-from weightslab.history.sqlfence import READ_ONLY_HINT, query_error, run_prepared, single_read_statement
+from weightslab.history.sqlfence import query_error, run_query, single_read_statement
 
 __all__ = ["ExperimentRow", "Store"]
 
@@ -54,53 +62,156 @@ def _experiment_row(e: Any) -> ExperimentRow:
 
 @contextmanager
 def translate_errors(store: str) -> Iterator[None]:
-    """Turn driver errors into WeightsLab errors (the one translation boundary)."""
+    """Turn driver errors into WeightsLab errors: the one translation boundary.
+
+    Each message is one line: what happened to ``store`` (with the driver's own
+    first line, never the SQL or its parameters) and what to do. The SQLAlchemy
+    or OS error stays attached as ``__cause__`` (its ``orig`` is the driver's).
+
+    Raises:
+        StoreUnavailableError: cannot reach or open the store; a write the
+            database or the file system does not permit (read-only file, role
+            without the privilege).
+        StoreError: disk full, I/O error, a damaged database, a lock held too
+            long, a constraint violated, any other database error.
+    """
     try:
         yield
     except WeightsLabError:
         raise
-    except OperationalError as e:
-        raise StoreUnavailableError(
-            f"store {store} cannot be reached or written ({e.orig}). Check that the server is "
-            "running and the URL (host, port, database, user) is right, or that the directory "
-            "is writable."
-        ) from e
-    except (DBAPIError, SQLAlchemyError) as e:
-        raise StoreError(f"store {store}: {e}") from e
-    except OSError as e:
-        raise StoreError(f"store {store}: {e}") from e
+    except (SQLAlchemyError, OSError) as e:
+        raise _translated(store, e) from e
+
+
+# What went wrong, from the driver's error code: the primary SQLite result code, or PostgreSQL's SQLSTATE.
+_SQLITE_CAUSES = {3: "permission", 5: "locked", 6: "locked", 8: "read_only", 10: "io", 11: "corrupt",
+                  13: "full", 14: "unavailable", 19: "constraint", 23: "permission", 26: "corrupt"}
+_PG_CAUSES = {"53100": "full", "58030": "io", "XX001": "corrupt", "XX002": "corrupt", "25006": "read_only",
+              "42501": "permission", "55P03": "locked", "57014": "canceled", "40P01": "locked", "40001": "locked",
+              "42P01": "schema", "42703": "schema", "3D000": "unavailable", "28000": "unavailable",
+              "28P01": "unavailable", "53300": "unavailable", "57P01": "unavailable", "57P02": "unavailable",
+              "57P03": "unavailable"}
+_OS_CAUSES = {errno.ENOSPC: "full", errno.EDQUOT: "full", errno.EIO: "io", errno.EACCES: "permission",
+              errno.EPERM: "permission", errno.EROFS: "read_only", errno.ENOENT: "missing"}
+_RESTORE = "restore the store from a backup, then run `weightslab audit`"
+_MESSAGES: dict[str, tuple[type[StoreError], str]] = {
+    "unavailable": (StoreUnavailableError, "cannot be reached or opened ({reason}); check that the server is "
+                    "running and the URL (host, port, database, user) is right, or that the directory and "
+                    "its weightslab.db exist and this user may read them"),
+    "full": (StoreError, "cannot be written: the disk is full ({reason}); free space where the store lives "
+             "(or raise the server's quota) and retry: the interrupted write was rolled back"),
+    "io": (StoreError, "hit an I/O error ({reason}); check the disk and the file system (or the server's "
+           f"log), then run `weightslab audit`; if it reports damage, {_RESTORE}"),
+    "corrupt": (StoreError, f"is damaged ({{reason}}); stop writing to it and {_RESTORE} (`sqlite3 "
+                "weightslab.db .recover` salvages what a damaged SQLite file still holds)"),
+    "read_only": (StoreUnavailableError, "cannot be written: it is read-only here ({reason}); check the "
+                  "permissions of its directory and files (or the server's read-only setting), or open "
+                  "it read-only: Store.open(store, read_only=True)"),
+    "permission": (StoreUnavailableError, "refused this user ({reason}): the database role (or, for files, "
+                   "this user) lacks the privilege; to record, connect as a role that may INSERT, UPDATE and "
+                   "DELETE (or fix the file permissions); to only read, open the store read-only: "
+                   "Store.open(store, read_only=True)"),
+    "locked": (StoreError, "is busy: another process held a lock longer than this one waits ({reason}); "
+               "nothing was written; retry once the other writer is done"),
+    "canceled": (StoreError, "canceled the statement ({reason}): a statement_timeout or an operator stopped it; "
+                 "nothing was written; retry, or raise the server's timeout"),
+    "constraint": (StoreError, "refused a write that breaks one of its constraints ({reason}); nothing was "
+                   "written; unless the database was edited by hand this is a WeightsLab bug: run "
+                   "`weightslab audit` and report it"),
+    "schema": (StoreError, "lacks a table or column this WeightsLab expects ({reason}); compare "
+               "`weightslab db current` with this version, and upgrade with `weightslab db upgrade`"),
+    "missing": (StoreError, f"misses a file ({{reason}}); run `weightslab audit` to list what is gone, then "
+                f"{_RESTORE}"),
+    "other": (StoreError, "failed ({reason}); run `weightslab audit` to check the store, and report the "
+              "error if it persists"),
+}
+
+
+# Causes that are the store's, not the query's: Store.query reports them as StoreErrors.
+_STORE_FAULTS = frozenset({"unavailable", "full", "io", "corrupt", "locked"})
+
+
+def _translated(store: str, e: BaseException) -> StoreError:
+    """The WeightsLab error for driver or OS error ``e`` (see :func:`translate_errors`)."""
+    orig = getattr(e, "orig", None) or e  # the driver's own error
+    cause = _cause(e, orig)
+    error, template = _MESSAGES[cause]
+    text_ = str(orig).split(" (Background on this error")[0].strip()
+    reason = (text_.splitlines()[0] if text_ else type(orig).__name__)[:300]
+    return error(f"store {store} " + template.format(reason=reason))
+
+
+def _cause(e: BaseException, orig: BaseException) -> str:
+    if isinstance(e, OSError):
+        return _OS_CAUSES.get(e.errno or 0, "other")
+    message = str(orig)
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        if "no such table" in message or "no such column" in message:
+            return "schema"
+        return _SQLITE_CAUSES.get(code & 0xFF, "other")  # extended codes keep the primary one in the low byte
+    state = str(getattr(orig, "sqlstate", None) or "")
+    if state in _PG_CAUSES:
+        return _PG_CAUSES[state]
+    if state.startswith("08"):
+        return "unavailable"
+    if state.startswith("23") or isinstance(e, SAIntegrityError):
+        return "constraint"
+    if isinstance(e, OperationalError) or isinstance(e, DBAPIError) and e.connection_invalidated:
+        return "unavailable"  # no SQLSTATE: the connection itself failed (refused, timed out, dropped)
+    return "other"
 
 
 class Store:
     """An open WeightsLab store (see module docstring)."""
 
-    def __init__(self, location: StoreLocation, engine: Engine) -> None:
+    def __init__(self, location: StoreLocation, engine: Engine, *, read_only: bool = False) -> None:
         self.location = location
         self.engine = engine
+        self.read_only = read_only  # opened with read_only=True: transaction() refuses, the engine cannot write
         self.blobs = BlobStore(engine, location.root)
         self._read_engine: Engine | None = None
 
     # -- opening ---------------------------------------------------------------
     @classmethod
-    def open(cls, store: Any = None) -> Store:
-        """Open (and if empty, create) the store at ``store`` (directory, URL, or None).
+    def open(cls, store: Any = None, *, create: bool = True, read_only: bool = False) -> Store:
+        """Open the store at ``store``: a directory, a SQLAlchemy URL, or None ($WEIGHTSLAB_STORE, else ./store).
+
+        Args:
+            store: where the store is.
+            create: create a missing store (the directory and its SQLite file, or
+                the schema in an empty database). False: refuse a store that is not
+                there (no SQLite file, or a database without WeightsLab's schema).
+            read_only: never write. SQLite is opened through a read-only connection,
+                PostgreSQL in read-only transactions; no schema is created or
+                migrated, ``blobs/tmp`` is not swept, and :meth:`transaction`
+                raises. Implies ``create=False``.
 
         Raises:
-            StoreUnavailableError: malformed URL, unreachable server, unwritable directory.
+            StoreUnavailableError: malformed URL, unreachable server, unwritable
+                directory; no store there (with ``create=False`` or ``read_only``).
             SchemaVersionError: the database schema is older or newer than this code.
+
+        Example:
+            >>> with Store.open("./store", create=False, read_only=True) as store:
+            ...     names = [e.name for e in store.list_experiments()]
         """
         location = resolve_store(store)
         name = location.describe()
+        create = create and not read_only
+        if not create:
+            require_database(location)
         with translate_errors(name):
-            engine = make_engine(location)
+            engine = make_engine(location, read_only=read_only)
             try:
-                migrate.ensure_schema(engine, name)
+                migrate.ensure_schema(engine, name, create=create)
             except BaseException:
                 engine.dispose()
                 raise
-        store = cls(location, engine)
-        store.blobs.sweep_temporary()  # what writers killed mid-write (an hour or more ago) left behind
-        return store
+        opened = cls(location, engine, read_only=read_only)
+        if not read_only:
+            opened.blobs.sweep_temporary()  # what writers killed mid-write (an hour or more ago) left behind
+        return opened
 
     def describe(self) -> str:
         return self.location.describe()
@@ -121,7 +232,16 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success."""
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success.
+
+        Raises:
+            StoreError: the store was opened read-only.
+        """
+        if self.read_only:
+            raise StoreError(
+                f"store {self.describe()} was opened read-only (Store.open(..., read_only=True)), so nothing "
+                "can be written to it; open it with Store.open(store) to record"
+            )
         with translate_errors(self.describe()), self.engine.begin() as conn:
             yield conn
 
@@ -225,42 +345,91 @@ class Store:
                 raise StoreError(f"no snapshot with id {snapshot_id} in {self.describe()}")
             return snapshots.read_parquet_bytes(self.blobs.get(digest, conn))
 
+    def snapshot_ids(self, experiment_id: int) -> list[int]:
+        """The ids of an experiment's snapshots, in order."""
+        with self.reading() as conn:
+            return list(conn.scalars(select(Snapshot.snapshot_id).where(Snapshot.experiment_id == experiment_id)
+                                     .order_by(Snapshot.snapshot_id)))
+
+    # -- checkpoints and manifests --------------------------------------------------
+    def checkpoints(self, experiment_id: int) -> list[checkpoints.CheckpointRow]:
+        """An experiment's rows of the ``checkpoints`` table, by id."""
+        with self.reading() as conn:
+            return checkpoints.checkpoint_rows(conn, experiment_id)
+
+    def next_checkpoint_id(self, experiment_id: int) -> int:
+        with self.reading() as conn:
+            return checkpoints.next_checkpoint_id(conn, experiment_id)
+
+    def add_checkpoint(self, conn: Connection, experiment_id: int, row: checkpoints.CheckpointRow) -> None:
+        """Register a checkpoint in ``conn``'s transaction (that of its dump event)."""
+        checkpoints.add_checkpoint(conn, experiment_id, row)
+
+    def read_manifest(self, digest: str, conn: Connection | None = None) -> Manifest:
+        """Read, verify and parse the manifest blob ``digest``.
+
+        Raises:
+            BlobNotFoundError / IntegrityError: missing, damaged, or not a manifest.
+        """
+        return parse_manifest(self.blobs.get(check_hash(digest), conn), digest)
+
+    # -- statistics ----------------------------------------------------------------
+    def write_sample_rows(self, experiment_id: int, jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Upsert ``sample_stats`` rows, given per split as columns (see :func:`stats.upsert_sample_stats`)."""
+        with self.transaction() as conn:
+            for split, columns in jobs:
+                stats.upsert_sample_stats(conn, experiment_id, split, columns)
+
+    def write_neuron_rows(self, conn: Connection, experiment_id: int, rows: Sequence[Sequence[Any]], *,
+                          rewrite: Sequence[tuple[int, str]] = ()) -> None:
+        """Upsert ``neuron_stats`` rows in ``conn``'s transaction; the (layer, split) pairs in ``rewrite``
+        lose their old rows first (a layer whose width changed)."""
+        stats.replace_neuron_stats(conn, experiment_id, rows, rewrite)
+
+    def adopt_experiment(self, experiment_id: int, *, config: Mapping[str, Any], recipe: str | None) -> ExperimentRow:
+        """Record the settings of a registered experiment that has no events (its creator died first)."""
+        from weightslab.events.codec import normalise
+
+        with self.transaction() as conn:
+            conn.execute(_EXP.update().where(_EXP.c.experiment_id == experiment_id)
+                         .values(config=normalise(dict(config), "config"), recipe=recipe))
+            row = conn.execute(select(_EXP).where(_EXP.c.experiment_id == experiment_id)).one()
+        return _experiment_row(row)
+
     # -- read-only SQL -------------------------------------------------------------
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """Run one read-only SQL statement and return a DataFrame.
 
-        Three fences keep the store unchanged: only one statement is accepted
-        (checked here, and by the database itself: SQLite's driver runs one
-        statement per call, PostgreSQL gets it as a prepared statement, which
-        cannot hold two); it must start with SELECT, WITH, VALUES, TABLE,
-        EXPLAIN or SHOW; and it runs in a read-only transaction (``PRAGMA
-        query_only`` on SQLite, ``SET TRANSACTION READ ONLY`` on PostgreSQL)
-        that is always rolled back.
+        The database itself keeps the store unchanged (see :mod:`weightslab.history.sqlfence`):
+        the query runs on a connection that cannot write (SQLite opened read-only
+        with ``PRAGMA query_only``; a PostgreSQL read-only transaction), always
+        rolled back, and the database runs one statement only (sqlite3's rule; a
+        PostgreSQL prepared statement; SQLite also denies ATTACH). Before that,
+        sqlparse classifies the text: one statement, a SELECT, WITH, VALUES,
+        TABLE, EXPLAIN or SHOW.
 
         Raises:
             ConfigurationError: several statements, a statement that is not a
                 query, a write refused by the database, or SQL the database rejects.
+            StoreError: the store itself failed (unreachable, damaged, I/O error).
 
         Example:
             >>> store.query("SELECT kind, COUNT(*) AS n FROM events GROUP BY kind")
         """
-        statement = single_read_statement(sql, self.location.backend)
+        statement = single_read_statement(sql)
         engine = self._reader()
         with translate_errors(self.describe()), engine.connect() as conn:
+            driver_error = conn.dialect.loaded_dbapi.Error
             try:
-                if conn.dialect.name == "postgresql":
-                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                    columns, rows = run_prepared(conn, statement, dict(params or {}))
-                else:
-                    conn.exec_driver_sql("PRAGMA query_only = ON")
-                    result = conn.execute(text(statement), dict(params or {}))
-                    if not result.returns_rows:
-                        raise ConfigurationError(f"refused: {statement[:60]!r} returns no rows; {READ_ONLY_HINT}")
-                    columns, rows = list(result.keys()), list(result.fetchall())
+                columns, rows = run_query(conn, statement, dict(params or {}))
             except DBAPIError as e:
-                if e.connection_invalidated:
-                    raise
+                if e.connection_invalidated or _cause(e, e.orig or e) in _STORE_FAULTS:
+                    raise  # the store failed, not the query: translated by translate_errors
                 raise query_error(e.orig) from e
+            except driver_error as e:  # raised by the driver itself in run_prepared, unwrapped
+                if _cause(e, e) in _STORE_FAULTS:
+                    raise _translated(self.describe(), e) from e
+                raise query_error(e) from e
             except (SAStatementError, InvalidRequestError) as e:  # e.g. a missing bind parameter
                 reason = str(getattr(e, "orig", None) or e).split(" (Background on this error")[0]
                 raise ConfigurationError(f"the query cannot run: {reason}") from e
@@ -269,6 +438,9 @@ class Store:
         return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
     def _reader(self) -> Engine:
+        """The engine of :meth:`query`: one that cannot write (the store's own, if it was opened read-only)."""
+        if self.read_only:
+            return self.engine
         if self._read_engine is None:
             self._read_engine = make_engine(self.location, read_only=True)
         return self._read_engine

@@ -30,6 +30,9 @@ STAT_COLUMNS: dict[str, np.dtype] = {
     "label": np.dtype(np.int32),
 }
 
+#: Columns that are null (NaN) while a sample has never been seen.
+_NULL_BEFORE_SEEN = frozenset({"prediction_age", "prediction_loss", "prediction", "label"})
+
 
 class SampleStats:
     """The statistic columns of one split, their dirty mask and their pass log.
@@ -155,6 +158,20 @@ class SampleStats:
         if name in ("prediction", "label"):
             return pd.arrays.IntegerArray(getattr(self, name).astype(np.int64), unseen)
         return getattr(self, name).astype(np.int64 if name == "exposure_amount" else np.bool_)
+
+    def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The ``sample_stats`` rows of ``ids``: ``sample_id`` and every column of :data:`STAT_COLUMNS`,
+        as fresh arrays; float columns hold NaN for null (a never-seen sample's age, loss, prediction
+        and label)."""
+        unseen = self.exposure_amount[ids] == 0
+        out: dict[str, np.ndarray] = {"sample_id": np.asarray(ids, dtype=np.int64)}
+        for name in STAT_COLUMNS:
+            values = getattr(self, name)[ids]
+            if name in _NULL_BEFORE_SEEN:
+                values = values.astype(np.float64)
+                values[unseen] = np.nan
+            out[name] = values
+        return out
 
     def to_dataframe(self) -> pd.DataFrame:
         """The columns as a DataFrame indexed by ``sample_id``; null is NaN / <NA>."""

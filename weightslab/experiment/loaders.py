@@ -1,0 +1,100 @@
+"""The experiment's batches: its two loaders, their iterators, and where training is in the epoch.
+
+Training continues an epoch across calls (a new one starts when one ends), so the
+train iterator lives between calls. With DataLoader workers the loader reads
+ahead of training: :meth:`Batches.sync_train_position` puts the sampler back where
+training really is. A deny/allow or a restore makes the next batch come from the
+sampler's new state (:meth:`Batches.reset`, :meth:`Batches.drop`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from weightslab.ledger import LedgeredDataset, LedgerSampler
+from weightslab.ledger.batching import collate
+
+__all__ = ["Batch", "Batches"]
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, labels, sample ids
+
+
+class Batches:
+    """The train and eval loaders of one experiment and their running iterators."""
+
+    def __init__(self, train: tuple[LedgeredDataset, LedgerSampler], eval: tuple[LedgeredDataset, LedgerSampler],
+                 *, batch_size: int, eval_batch_size: int, num_workers: int, seed: int,
+                 device: torch.device) -> None:
+        self.device = device
+        self.num_workers = num_workers
+        # Loaders get their own generator: starting an iterator then draws its worker seed from it,
+        # not from torch's global RNG, so when iterators are (re)started cannot change training.
+        self.generator = torch.Generator().manual_seed(seed)
+        pin = device.type == "cuda"
+        # collate: a TensorDataset's batch arrives already collated (see weightslab.ledger.batching)
+        self.train_loader = DataLoader(train[0], batch_size=batch_size, sampler=train[1], num_workers=num_workers,
+                                       pin_memory=pin, generator=self.generator, collate_fn=collate)
+        self.eval_loader = DataLoader(eval[0], batch_size=eval_batch_size, sampler=eval[1], num_workers=num_workers,
+                                      pin_memory=pin, generator=self.generator, collate_fn=collate)
+        self._train_sampler = train[1]
+        self._eval_ledger = eval[0]
+        self._train_iter: Iterator[Any] | None = None
+        self._eval_iter: Iterator[Any] | None = None
+        self._last_train_id = -1
+
+    def _to_device(self, batch: Any) -> Batch:
+        inputs, labels, ids = batch
+        nb = self.device.type == "cuda"
+        return inputs.to(self.device, non_blocking=nb), labels.to(self.device, non_blocking=nb), ids
+
+    def next_train(self) -> Batch:
+        """The next training batch; a new epoch starts (the sampler draws its order) when one ends."""
+        if self._train_iter is None:
+            self._train_iter = iter(self.train_loader)
+        try:
+            batch = next(self._train_iter)
+        except StopIteration:
+            self._train_iter = iter(self.train_loader)
+            batch = next(self._train_iter)
+        self._last_train_id = int(batch[2][-1])
+        return self._to_device(batch)
+
+    def next_eval(self) -> Batch:
+        """The next eval batch (the eval set is walked in order, round and round)."""
+        if self._eval_iter is None:
+            self._eval_iter = iter(self.eval_loader)
+        try:
+            batch = next(self._eval_iter)
+        except StopIteration:
+            self._eval_iter = iter(self.eval_loader)
+            batch = next(self._eval_iter)
+        return self._to_device(batch)
+
+    def full_eval(self) -> Iterator[Batch]:
+        """Every allowed eval sample once, in id order."""
+        allowed = self._eval_ledger.allowed_ids().tolist()
+        loader = DataLoader(self._eval_ledger, batch_size=self.eval_loader.batch_size, sampler=allowed,
+                            num_workers=self.num_workers, generator=self.generator, collate_fn=collate)
+        for batch in loader:
+            yield self._to_device(batch)
+
+    def sync_train_position(self) -> None:
+        """With workers the loader reads ahead: put the sampler where training really is."""
+        if self.num_workers and self._train_iter is not None:
+            self._train_iter = None
+            self._train_sampler.seek(self._train_sampler.position_after(self._last_train_id))
+
+    def reset(self) -> None:
+        """After a deny/allow: the next batches come from the samplers' new state."""
+        if self._train_iter is not None and self.num_workers:
+            self.sync_train_position()
+        self.drop()
+
+    def drop(self) -> None:
+        """Forget the running iterators (after a restore, which set the samplers' state itself)."""
+        self._train_iter = None
+        self._eval_iter = None

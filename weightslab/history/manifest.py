@@ -1,0 +1,130 @@
+"""The state manifest: the one definition of its format, and the state fingerprint it proves.
+
+A manifest is a blob of canonical JSON ``{"format": "weightslab.state/1", "tensors":
+{name: blob hash}, "meta": {...}}``: every tensor of an experiment's state (named
+``model/…``, ``optim/…``, ``ledger/…``, ``sampler/…``, ``rng/…``) by the blob that holds
+it, and the non-tensor part (optimizer hyper-parameters, architecture, model age).
+The *state hash* of a set of tensor hashes is the SHA-256 of their canonical JSON,
+so a checkpoint's manifest proves the fingerprint recorded with its event, and
+*group hashes* say which part of a state differs.
+
+Pure JSON and hashing: no torch, no SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from weightslab.errors import IntegrityError
+from weightslab.events.codec import canonical_json
+
+__all__ = ["FORMAT", "GROUPS", "Manifest", "encode_manifest", "group_hashes", "parse_manifest", "state_hash"]
+
+FORMAT = "weightslab.state/1"
+#: The state groups, by tensor-name prefix.
+GROUPS = ("model", "optim", "ledger", "sampler", "rng")
+_PREFIXES = tuple(f"{g}/" for g in GROUPS)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed manifest: ``tensors`` (name → blob hash) and ``meta`` (the JSON part)."""
+
+    tensors: dict[str, str]
+    meta: dict[str, Any]
+
+    def state_hash(self) -> str:
+        return state_hash(self.tensors)
+
+    def group_hashes(self) -> dict[str, str]:
+        return group_hashes(self.tensors)
+
+    def check_restorable(self, name: str = "manifest") -> Manifest:
+        """Check that ``meta`` has the shape a restore reads (so restoring cannot fail on a missing key).
+
+        Raises:
+            IntegrityError: the optimizer part, the architecture or the model age is malformed.
+        """
+        opt = self.meta.get("optimizer")
+        if not (isinstance(opt, dict) and isinstance(opt.get("class"), str)
+                and isinstance(opt.get("param_groups"), list) and all(isinstance(g, dict) for g in opt["param_groups"])
+                and isinstance(opt.get("tuple_keys"), list) and all(isinstance(k, str) for k in opt["tuple_keys"])
+                and isinstance(opt.get("scalars"), dict)):
+            raise _bad(name, "meta.optimizer must hold class, param_groups, tuple_keys and scalars")
+        arch, age = self.meta.get("architecture"), self.meta.get("model_age")
+        if not (isinstance(arch, list) and all(type(w) is int for w in arch)) or type(age) is not int:
+            raise _bad(name, "meta.architecture must be a list of widths and meta.model_age an integer")
+        return self
+
+
+def _bad(name: str, what: str) -> IntegrityError:
+    return IntegrityError(f"blob {name} is not a WeightsLab state manifest ({FORMAT}): {what}; "
+                          "the store is damaged or was tampered with")
+
+
+def encode_manifest(tensors: Mapping[str, str], meta: Mapping[str, Any]) -> bytes:
+    """The manifest blob of a state: its tensors' blob hashes and its JSON part."""
+    return canonical_json({"format": FORMAT, "tensors": dict(tensors), "meta": dict(meta)}).encode()
+
+
+def parse_manifest(raw: bytes | bytearray | memoryview, name: str = "manifest") -> Manifest:
+    """Parse and check a manifest's bytes (JSON only: nothing is imported or unpickled).
+
+    Raises:
+        IntegrityError: not UTF-8 JSON, another format, a tensor name outside the known
+            groups, or a hash that is not one.
+    """
+    from weightslab.history.blobs import check_hash
+
+    try:
+        manifest = json.loads(bytes(raw).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise IntegrityError(f"manifest {name} is not JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise _bad(name, "no 'format' of that name")
+    tensors, meta = manifest.get("tensors"), manifest.get("meta", {})
+    if not isinstance(tensors, dict) or not isinstance(meta, dict):
+        raise _bad(name, "'tensors' and 'meta' must be objects")
+    for tensor, digest in tensors.items():
+        if not tensor.startswith(_PREFIXES):
+            raise _bad(name, f"tensor name {tensor[:80]!r} is outside {', '.join(_PREFIXES)}")
+        check_hash(digest)
+    return Manifest(dict(tensors), dict(meta))
+
+
+def state_hash(hashes: Mapping[str, str]) -> str:
+    """The fingerprint of a whole state, from its per-tensor hashes."""
+    return hashlib.sha256(_names_json(hashes).encode()).hexdigest()
+
+
+def _names_json(hashes: Mapping[str, str]) -> str:
+    """``canonical_json(hashes)`` for a flat map of text to text, without the general walk over values.
+
+    Text that the general encoder would refuse (a NUL, which JSON writes as an escape, or a lone
+    surrogate, which UTF-8 cannot hold) goes through :func:`canonical_json` itself, so the output,
+    or the error, is always the same.
+    """
+    if all(type(k) is str and type(v) is str for k, v in hashes.items()):
+        text = json.dumps(dict(hashes), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        if "\\u0000" not in text:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                pass
+            else:
+                return text
+    return canonical_json(dict(hashes))
+
+
+def group_hashes(hashes: Mapping[str, str], groups: Iterable[str] = GROUPS) -> dict[str, str]:
+    """Fingerprint per group (model, optim, ledger, sampler, rng), to say *what* differs."""
+    parts: dict[str, dict[str, str]] = {g: {} for g in groups}
+    for k, v in hashes.items():
+        part = parts.get(k.partition("/")[0])
+        if part is not None:
+            part[k] = v
+    return {g: state_hash(part) for g, part in parts.items()}
