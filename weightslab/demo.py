@@ -150,10 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     say("Freezing neurons 0-1 of layer 0 (per-neuron learning rate 0.0)")
     exp.model.layers[0].set_per_neuron_learning_rate(set(range(0, 2)), lr=0.0)
 
-    say("Freezing layers 0..1, training 10 steps, unfreezing")
+    say("Freezing layers 0..1, training 10 steps, unfreezing every layer")
     exp.model.freeze_layers_up_to_idx(1)
     exp.train_n_steps(10)
-    exp.model.unfreeze_layers_from_idx(1)
+    exp.model.unfreeze_layers_from_idx(0)
 
     denylist_fn = lambda id, age, loss, times, denied, pred, label: loss <= 0.05  # noqa: E731, A002
     denied = exp.train_loader.dataset.deny_samples_with_predicate(denylist_fn)

@@ -128,3 +128,34 @@ def test_upgrading_a_0002_store_keeps_its_sample_rows(store_target):
         assert options.get("sqlite_with_rowid") is False
     with Store.open(store_target) as s:
         assert s.query("SELECT COUNT(*) AS n FROM sample_stats")["n"].iloc[0] == 2
+
+
+def test_upgrading_a_0003_store_anchors_the_head_of_every_existing_log(store_target):
+    """Revision 0004 gives each experiment the head of the log it already has: the log then verifies, and
+    deleting its newest event afterwards is caught."""
+    from alembic import command
+
+    from weightslab.history import eventlog
+    from weightslab.history.locate import make_engine, resolve_store
+
+    engine = make_engine(resolve_store(store_target))
+    with engine.begin() as conn:
+        command.upgrade(migrate.alembic_config(conn), "0003")
+        conn.execute(text("INSERT INTO experiments (name, created_at) VALUES ('old', '2026-01-01 00:00:00+00'), "
+                          "('empty', '2026-01-01 00:00:00+00')"))
+    with engine.begin() as conn:  # a log written by the 0003 code: events without a head
+        conn.execute(text("ALTER TABLE experiments ADD COLUMN head_seq INTEGER DEFAULT 0"))
+        conn.execute(text("ALTER TABLE experiments ADD COLUMN head_hash VARCHAR(64)"))
+        for seq in (1, 2, 3):
+            eventlog.append_event(conn, 1, "train", {"steps": seq, "age_before": 0, "age_after": seq},
+                                  expected_last_seq=seq - 1)
+        conn.execute(text("ALTER TABLE experiments DROP COLUMN head_hash"))
+        conn.execute(text("ALTER TABLE experiments DROP COLUMN head_seq"))
+    with engine.begin() as conn:
+        command.upgrade(migrate.alembic_config(conn), "head")
+    engine.dispose()
+    with Store.open(store_target) as s:
+        report = s.verify_chain(1)
+        assert report.ok and report.head_seq == 3
+        assert report.head_hash == s.events(1)[-1].hash
+        assert s.verify_chain(2).ok and s.verify_chain(2).head_seq == 0

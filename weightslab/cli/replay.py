@@ -23,6 +23,8 @@ def register(sub: Any) -> None:
     p.add_argument("--from-start", action="store_true", help="replay from the creation, not the nearest checkpoint")
     p.add_argument("--recipe", default=None, help="'package.module:function' returning (model, train, eval)")
     p.add_argument("--device", default="cpu", help="device to replay on (bit-exactness is promised on CPU)")
+    p.add_argument("--force", action="store_true",
+                   help="replay events recorded with another torch version or device (which cannot be pinned)")
     add_format(p, "text", "json")
     p.set_defaults(func=run)
 
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from weightslab.history.store import Store
 
     with Store.open(args.store, create=False, read_only=True) as store:
-        exp = replica(store, args.name, recipe=args.recipe, device=args.device)
+        exp = replica(store, args.name, recipe=args.recipe, device=args.device, force=args.force)
         started = time.perf_counter()
         outcome = replay_to(exp, args.to, from_start=args.from_start)
         elapsed = time.perf_counter() - started
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         "not_restored": outcome.not_restored, "seconds": round(elapsed, 3),
         "divergence": None if outcome.divergence is None else {
             "seq": outcome.divergence.seq, "kind": outcome.divergence.kind, "parts": outcome.divergence.parts},
-        "error": outcome.error,
+        "error": outcome.error, "forced": outcome.forced, "noted": outcome.noted,
     }
     if args.format == "json":
         print_json(result)

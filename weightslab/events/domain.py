@@ -225,9 +225,14 @@ def _check(kind: str, key: str, value: Any, meta: Mapping[str, Any]) -> Any:
 
 @dataclass(frozen=True, kw_only=True)
 class ExperimentCreated(DomainEvent):
-    """The experiment was created: its settings, its data sets' fingerprints and its initial state."""
+    """The experiment was created: its settings, its data sets' fingerprints, the environment it runs in
+    (what changes floating-point results) and its initial state.
+
+    Version 2 added ``environment`` and ``labels_known`` (every sample's label read at creation).
+    """
 
     KIND: ClassVar[str] = "create"
+    VERSION: ClassVar[int] = 2
     RESTORES: ClassVar[bool] = True
     OPERATION: ClassVar[bool] = False
 
@@ -241,6 +246,8 @@ class ExperimentCreated(DomainEvent):
     train_size: int | None = _f(INT + "?", default=None, omit_none=True)
     eval_size: int | None = _f(INT + "?", default=None, omit_none=True)
     recipe: str | None = _f(STR + "?", default=None, omit_none=True)
+    environment: Mapping[str, Any] | None = _f(OBJ + "?", default=None)  # None: not recorded (version 1)
+    labels_known: bool = _f(BOOL, default=False)
 
     def restored_manifest(self) -> str:
         return self.initial
@@ -252,9 +259,15 @@ class ExperimentCreated(DomainEvent):
 @dataclass(frozen=True, kw_only=True)
 class ExperimentResumed(DomainEvent):
     """The experiment was reopened: the state of ``manifest`` (its base, the event at ``base_seq``) was
-    restored and the events ``replayed`` re-executed and verified; ``not_restored`` could not be."""
+    restored and the events ``replayed`` re-executed and verified, reaching the state after
+    ``restored_seq``; ``not_restored`` could not be reproduced. ``environment`` is the one the experiment
+    continues in; ``forced`` lists the differences from the recorded environment that were accepted.
+
+    Version 2 added ``environment``, ``forced`` and ``restored_seq``, and dropped ``replayed_ops``.
+    """
 
     KIND: ClassVar[str] = "resume"
+    VERSION: ClassVar[int] = 2
     RESTORES: ClassVar[bool] = True
     OPERATION: ClassVar[bool] = False
 
@@ -263,7 +276,9 @@ class ExperimentResumed(DomainEvent):
     base_seq: int | None = _f(INT + "?", default=None, omit_none=True)
     replayed: tuple[int, ...] = _f(INTS, default=())
     not_restored: tuple[int, ...] = _f(INTS, default=())
-    replayed_ops: tuple[str, ...] | None = _f(STRS + "?", default=None, omit_none=True)  # "replayed seq N"
+    restored_seq: int | None = _f(INT + "?", default=None)
+    environment: Mapping[str, Any] | None = _f(OBJ + "?", default=None)
+    forced: tuple[str, ...] = _f(STRS, default=())
 
     def restored_manifest(self) -> str:
         return self.manifest
@@ -272,6 +287,19 @@ class ExperimentResumed(DomainEvent):
         where = "the initial state" if self.checkpoint_id is None else f"checkpoint {self.checkpoint_id}"
         lost = f"; events {_ids(self.not_restored)} not restored" if self.not_restored else ""
         return f"resume from {where}{lost}"
+
+
+def _created_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    """create v1 → v2: the environment was not recorded, labels were read as samples were seen."""
+    return {**payload, "environment": None, "labels_known": False}
+
+
+def _resumed_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    """resume v1 → v2: no environment recorded, nothing forced; the restored seq is the last one replayed."""
+    out = {k: v for k, v in payload.items() if k != "replayed_ops"}
+    replayed = out.get("replayed") or []
+    out.update(environment=None, forced=[], restored_seq=replayed[-1] if replayed else out.get("base_seq"))
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -536,7 +564,10 @@ class EventKind:
 
 
 #: Upcasters: (kind, version) → a function turning a payload of that version into one of the next.
-UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    (ExperimentCreated.KIND, 1): _created_v1,
+    (ExperimentResumed.KIND, 1): _resumed_v1,
+}
 
 
 def event_class(kind: str) -> type[DomainEvent]:

@@ -1,16 +1,18 @@
 """Checkpoints: content-addressed manifests of the whole state, and their tree.
 
 ``dump()`` writes every state tensor as a blob (an unchanged tensor hashes to
-a blob the store already has, so it is not written again) and a manifest
-blob naming them, in one transaction; then the ``dump`` event, the
-``checkpoints`` row and the statistics snapshots in a second one. A crash
-between the two leaves only blobs that nothing names yet: a checkpoint never
-exists without its blobs. ``load(k)`` reads the manifest, verifies every blob, and restores
+a blob the store already has, so it is not written again), a manifest blob
+naming them, the ``dump`` event, the ``checkpoints`` row and the statistics
+snapshots in one transaction: a checkpoint never exists without its blobs, and
+a dump that fails leaves nothing in the tables. ``load(k)`` reads the manifest, verifies every blob, and restores
 the state exactly (rebuilding layer widths), keeping the same optimizer.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -66,6 +68,9 @@ class CheckpointManager:
         self._statistics = statistics
         self.head: int | None = None  # the checkpoint the live state descends from
         self.last_dump_bytes = 0  # new blob bytes the last dump wrote (unchanged tensors excluded)
+        #: Wraps a load: the Experiment's write-ahead guard (rebuild the last recorded state if the load's
+        #: event cannot be written).
+        self.guard: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
     def ids(self) -> list[int]:
         """Checkpoint ids of this experiment, ascending."""
@@ -89,34 +94,55 @@ class CheckpointManager:
     def dump(self) -> int:
         """Save a checkpoint of the whole state; returns its id (0, 1, 2, ...)."""
         rt, store = self._rt, self._rt.store
+        self._recorder.check_writable()
         cid = store.next_checkpoint_id(rt.experiment_id)
         parent = self.head
         self._recorder.wait()
         self._statistics.keep_history()
         before = store.blobs.bytes_written
+        age = rt.model_age
+        # One transaction: the blobs and manifest, the dump event, the checkpoint row and the snapshots are
+        # committed together or not at all (a refused event leaves no trace in the tables; blob files
+        # written for it stay as unreferenced, complete files).
         with store.transaction() as conn:
             manifest_hash, fingerprint = write_state(rt, conn)
+
+            def register(conn: Any, seq: int) -> None:
+                store.add_checkpoint(conn, rt.experiment_id, CheckpointRow(cid, parent, seq, manifest_hash, age))
+                self._statistics.write_snapshots(conn, seq)
+
+            self._recorder.append(
+                CheckpointDumped(checkpoint_id=cid, parent_id=parent, manifest=manifest_hash, model_age=age,
+                                 architecture=tuple(rt.widths())),
+                in_transaction=register, fingerprint=fingerprint, conn=conn,
+            )
         self.last_dump_bytes = store.blobs.bytes_written - before
-        age = rt.model_age
-
-        def register(conn: Any, seq: int) -> None:
-            store.add_checkpoint(conn, rt.experiment_id, CheckpointRow(cid, parent, seq, manifest_hash, age))
-            self._statistics.write_snapshots(conn, seq)
-
-        self._recorder.append(
-            CheckpointDumped(checkpoint_id=cid, parent_id=parent, manifest=manifest_hash, model_age=age,
-                             architecture=tuple(rt.widths())),
-            in_transaction=register, fingerprint=fingerprint,
-        )
+        self._statistics.snapshots_committed()
         self.head = cid
         return cid
 
     def load(self, checkpoint_id: int) -> None:
-        """Restore checkpoint ``checkpoint_id`` exactly; the next dump branches from it."""
+        """Restore checkpoint ``checkpoint_id`` exactly; the next dump branches from it.
+
+        Everything is checked before anything changes: the id, the checkpoint's manifest and every blob,
+        and that the store's log still ends where this session left it.
+
+        Raises:
+            ConfigurationError: no such checkpoint.
+            BlobNotFoundError / IntegrityError: a damaged checkpoint, or a log cut short behind this session.
+            ConcurrencyError: another process appended to the experiment.
+        """
         if isinstance(checkpoint_id, bool) or not isinstance(checkpoint_id, int):
             raise ConfigurationError(f"checkpoint_id must be an integer, got {checkpoint_id!r}")
+        self._recorder.check_writable()
         manifest_hash = self.manifest_of(checkpoint_id)
         manifest, tensors = read_state(self._rt.store, manifest_hash)  # verify everything before changing anything
+        self._recorder.check_head()
+        with self.guard():
+            self._restore_and_record(checkpoint_id, manifest_hash, manifest, tensors)
+
+    def _restore_and_record(self, checkpoint_id: int, manifest_hash: str, manifest: Manifest,
+                            tensors: dict[str, torch.Tensor]) -> None:
         self._statistics.keep_history()  # the passes made so far happened: keep them for the next snapshot
         self._rt.restore(tensors, manifest.meta)
         self.head = checkpoint_id

@@ -20,9 +20,11 @@ which is all its helpers (recorder, checkpoints, replay, statistics, TensorBoard
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,10 @@ import pandas as pd
 import torch
 
 from weightslab import __version__
-from weightslab.errors import ConfigurationError
+from weightslab.errors import ConfigurationError, ReplayError
 from weightslab.events.domain import Evaluated, ExperimentCreated, StepsTrained
 from weightslab.events.record import OperationRecord
-from weightslab.experiment import allocator
+from weightslab.experiment import allocator, environment
 from weightslab.experiment.checkpoints import CheckpointManager, write_state
 from weightslab.experiment.config import ExperimentConfig
 from weightslab.experiment.criterion import Criterion, default_criterion
@@ -62,6 +64,13 @@ def _code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         rev = ""
     return f"weightslab {__version__}" + (f" git {rev}" if rev else "")
+
+
+def derived_seed(seed: int, seq: int) -> int:
+    """The seed of the random draws of the event ``seq`` of an experiment seeded ``seed`` (when the caller
+    passes none): the same script gives the same history."""
+    digest = hashlib.sha256(f"weightslab.seed/{seed}/{seq}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 62) - 1)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -144,9 +153,16 @@ class Experiment:
         tensorboard_dir: where TensorBoard logs go; default ``<store>/tensorboard/<name>``.
         recipe: ``"package.module:function"`` that rebuilds model and datasets (for replay tools).
         progress: show tqdm bars (default: only on a terminal).
+        force: reopen even where events to re-execute were recorded with another torch version or
+            device (which replay cannot set back); the resume event records the differences accepted.
+
+    Random draws of an operation (new neurons' weights, a sampled deny) are seeded from ``seed`` and
+    the event's seq unless the call passes ``seed=``: the same script gives the same history.
 
     Raises:
         ConfigurationError: invalid arguments (nothing is written to the store).
+        ReplayError: reopening needs events re-executed that were recorded in another environment
+            (without ``force``).
 
     Example:
         >>> exp = Experiment(model=MNISTModel(), optimizer_class=optim.Adam, train_dataset=train_ds,
@@ -175,6 +191,7 @@ class Experiment:
         tensorboard_dir: str | os.PathLike[str] | None = None,
         recipe: str | None = None,
         progress: bool | None = None,
+        force: bool = False,
         _replica: bool = False,
     ) -> None:
         self.config = ExperimentConfig(
@@ -196,7 +213,8 @@ class Experiment:
             self._recorder = Recorder(opened, 0, 0, "" if _replica else _code_version(), fingerprint=rt.fingerprint,
                                       statistics=self._statistics, detached=_replica)
             self.chkpt_manager = CheckpointManager(rt, self._recorder, self._statistics)
-            self._replayer = Replayer(rt, self._recorder, self._statistics, self.chkpt_manager)
+            self.chkpt_manager.guard = self._write_ahead
+            self._replayer = Replayer(rt, self._recorder, self._statistics, self.chkpt_manager, force=force)
             root = opened.location.root or Path("store").resolve()
             self._board = Board(rt, Path(tensorboard_dir) if tensorboard_dir else root / "tensorboard" / name)
             self.resume_report: ResumeReport | None = None
@@ -211,6 +229,9 @@ class Experiment:
             if owned:  # we opened it: do not leak its connections
                 opened.close()
             raise
+        rt.model.set_seed_source(self._next_seed)
+        for split in rt.splits:
+            split.ledger.set_seed_source(self._next_seed)
         rt.model.add_observer(self._on_model_op)
         rt.train.ledger.add_observer(self._on_train_data_op)
         rt.eval.ledger.add_observer(self._on_eval_data_op)
@@ -220,7 +241,11 @@ class Experiment:
     def _attach(self, experiment_id: int) -> None:
         """Point the runtime and the recorder at the experiment's row and the end of its log."""
         self._rt.experiment_id = self._recorder.experiment_id = experiment_id
-        self._recorder.last_seq = self.store.last_seq(experiment_id)
+        last = self._recorder.last_seq = self.store.last_seq(experiment_id)
+        self._recorder.last_hash = self.store.event_hash(experiment_id, last) if last else None
+
+    def _next_seed(self) -> int:
+        return derived_seed(self.config.seed, self._recorder.last_seq + 1)
 
     def _config_record(self) -> dict[str, Any]:
         rt = self._rt
@@ -249,16 +274,21 @@ class Experiment:
         import random
 
         random.seed(seed)
+        labels_known = all(split.ledger.record_labels() for split in rt.splits)
         config = self._config_record()
-        if row is None:
-            row = store.create_experiment(self.name, config=config, recipe=self.recipe)
-        else:  # its creator died (e.g. SIGKILL) before recording the creation event: finish creating it
-            row = store.adopt_experiment(row.experiment_id, config=config, recipe=self.recipe)
-        self._attach(row.experiment_id)
+        # One transaction: the experiment's row, its initial state, a row for every sample and the creation
+        # event exist together or not at all.
         with store.transaction() as conn:
+            if row is None:
+                row = store.create_experiment(self.name, config=config, recipe=self.recipe, conn=conn)
+            else:  # registered by an older WeightsLab whose creator died before the first event
+                row = store.adopt_experiment(row.experiment_id, config=config, recipe=self.recipe, conn=conn)
+            rt.experiment_id = self._recorder.experiment_id = row.experiment_id
             manifest, fingerprint = write_state(rt, conn)
-        # no sample rows yet: a sample gets its row when it is first seen, denied or allowed
-        self._recorder.append(ExperimentCreated(name=self.name, initial=manifest, **config), fingerprint=fingerprint)
+            store.write_sample_rows(row.experiment_id, self._statistics.sample_jobs(everything=True), conn)
+            self._recorder.append(ExperimentCreated(
+                name=self.name, initial=manifest, **config, environment=environment.current(rt.device),
+                labels_known=labels_known), fingerprint=fingerprint, conn=conn)
 
     # ------------------------------------------------------------------ what users reach for
 
@@ -316,21 +346,48 @@ class Experiment:
 
     # ------------------------------------------------------------------ training
 
+    @contextmanager
+    def _write_ahead(self) -> Iterator[None]:
+        """Around an operation that changes the live state and then appends its event: if anything fails
+        before the event is committed (the store refuses the write, the disk is full, Ctrl-C), the state of
+        the last recorded event is rebuilt from the log, every fingerprint verified, before the error goes
+        on. Edits of the model and the data roll themselves back (their observers are the last step of
+        their undo log); training, evaluation and loads cannot, so they come here.
+        """
+        self._recorder.check_writable()
+        seq = self._recorder.last_seq
+        self._statistics.keep_history()  # the ledgers' pass logs hold this operation's rows only
+        try:
+            yield
+        except BaseException as error:
+            if self._recorder.last_seq != seq:  # the event was committed: nothing to undo
+                raise
+            try:
+                self._replayer.rebuild_latest(seq)
+            except BaseException as failed:
+                self._recorder.broken = f"an operation failed ({error}) and rebuilding seq {seq} failed too ({failed})"
+                raise ReplayError(f"the operation failed ({error}), and the state of the last event (seq {seq}) "
+                                  f"could not be rebuilt from the store ({failed}); reopen the experiment") from error
+            raise
+
     def train_n_steps(self, n: int) -> tuple[float, float]:
         """Train ``n`` batches (continuing the epoch; a new epoch starts when one ends).
+
+        Either the call is recorded as a ``train`` event, or the state is as before it (see
+        :meth:`_write_ahead`).
 
         Returns:
             (mean loss, accuracy) over the ``n`` batches.
         """
         n = self._check_steps(n)
-        start = train_start_state(self._rt)
-        age_before = self.model_age
-        loss, acc, seen = train_loop(self._rt, n)
-        self._recorder.append(StepsTrained(
-            steps=n, batch_size=self.config.batch_size, samples=seen, age_before=age_before,
-            age_after=self.model_age, loss=_finite_or_none(loss), accuracy=acc), blobs=start)
-        if not self._recorder.detached:
-            self._board.scalars("train", loss, acc)
+        with self._write_ahead():
+            start = train_start_state(self._rt)
+            age_before = self.model_age
+            loss, acc, seen = train_loop(self._rt, n)
+            self._recorder.append(StepsTrained(
+                steps=n, batch_size=self.config.batch_size, samples=seen, age_before=age_before,
+                age_after=self.model_age, loss=_finite_or_none(loss), accuracy=acc), blobs=start)
+        self._board.scalars("train", loss, acc)
         return loss, acc
 
     def train_n_steps_with_eval_full(self, n: int) -> tuple[float, float]:
@@ -365,13 +422,13 @@ class Experiment:
         return self._evaluate(steps=None)
 
     def _evaluate(self, steps: int | None) -> tuple[float, float]:
-        age = self.model_age
-        loss, acc, seen = eval_loop(self._rt, steps)
-        self._recorder.append(Evaluated(steps=steps, full=steps is None, samples=seen,
-                                        loss=_finite_or_none(loss), accuracy=acc, model_age=age))
-        if not self._recorder.detached:
-            self._board.scalars("eval", loss, acc)
-            self._board.trigger_rates()
+        with self._write_ahead():
+            age = self.model_age
+            loss, acc, seen = eval_loop(self._rt, steps)
+            self._recorder.append(Evaluated(steps=steps, full=steps is None, samples=seen,
+                                            loss=_finite_or_none(loss), accuracy=acc, model_age=age))
+        self._board.scalars("eval", loss, acc)
+        self._board.trigger_rates()
         return loss, acc
 
     @staticmethod
@@ -404,7 +461,11 @@ class Experiment:
         return self.chkpt_manager.dump()
 
     def load(self, checkpoint_id: int) -> None:
-        """Restore checkpoint ``checkpoint_id`` exactly; the next dump branches from it."""
+        """Restore checkpoint ``checkpoint_id`` exactly; the next dump branches from it.
+
+        Everything is checked before anything is restored (the checkpoint, its blobs, and that the store's
+        log still ends where this session left it); a failed write of the ``load`` event restores the state
+        before it."""
         self.chkpt_manager.load(checkpoint_id)
 
     def snapshot(self) -> list[int]:
@@ -413,6 +474,7 @@ class Experiment:
         before = set(self.store.snapshot_ids(self.experiment_id))
         with self.store.transaction() as conn:
             self._statistics.write_snapshots(conn, self._recorder.last_seq)
+        self._statistics.snapshots_committed()
         return [i for i in self.store.snapshot_ids(self.experiment_id) if i not in before]
 
     def events(self) -> pd.DataFrame:
@@ -443,8 +505,12 @@ class Experiment:
         (:func:`weightslab.experiment.replica.replica`): nothing is recorded.
 
         Raises:
-            ReplayError: ``seq`` outside the log (the message gives the range).
+            ReplayError: ``seq`` outside the log (the message gives the range), or this is not a replica.
         """
+        if not self._recorder.detached:
+            raise ReplayError(
+                "replay_to rebuilds a replica (weightslab.replica(store, name)); on a live experiment it would "
+                "rewind the state behind the log's back. Use exp.load(checkpoint_id) to go back to a checkpoint")
         log = self._replayer.log()
         return self._replayer.rebuild(log.plan(seq, from_start=from_start), log)
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from weightslab.errors import ReplayError
+from weightslab.errors import IntegrityError, ReplayError
 from weightslab.events.codec import normalise
 from weightslab.events.domain import DomainEvent, event_class
 from weightslab.events.record import OperationRecord
@@ -75,6 +75,10 @@ class Recorder:
         self.code_version = code_version
         self.detached = detached
         self.muted = 0  # > 0 while replaying: operations are not recorded again
+        self.last_hash: str | None = None  # hash of the event at last_seq, as this writer knows it
+        #: Why this experiment's live state can no longer be trusted (a failed write whose rollback failed
+        #: too); None while it can. Nothing is appended once it is set: the experiment must be reopened.
+        self.broken: str | None = None
         self.listeners: list[Listener] = []
         self._fingerprint = fingerprint
         self._statistics = statistics
@@ -86,6 +90,43 @@ class Recorder:
     def fingerprint(self) -> Fingerprint:
         """The fingerprint of the live state now."""
         return self._fingerprint()
+
+    def check_writable(self) -> None:
+        """Refuse to start an operation this recorder could not record.
+
+        Raises:
+            ReplayError: a detached replica, or an experiment whose live state could not be rebuilt.
+        """
+        if self.detached:
+            raise ReplayError(
+                "this is a read-only replica of the experiment for replay; open the experiment itself "
+                "(Experiment(..., name=...)) to continue it")
+        if self.broken is not None:
+            raise ReplayError(f"this experiment's live state is no longer the one its log describes ({self.broken}); "
+                              "reopen it: Experiment(..., name=...) rebuilds it from the store")
+
+    def check_head(self) -> None:
+        """Check that the store's log still ends where this writer left it (before restoring a state).
+
+        Raises:
+            ConcurrencyError / IntegrityError: another writer appended, or events were deleted.
+        """
+        seq, digest = self.store.head(self.experiment_id)
+        last = self.store.event_hash(self.experiment_id, self.last_seq) if self.last_seq else None
+        if (seq, digest) == (self.last_seq, self.last_hash) and last == self.last_hash:
+            return
+        if seq > self.last_seq and last == self.last_hash:
+            from weightslab.errors import ConcurrencyError
+
+            raise ConcurrencyError(
+                f"experiment {self.experiment_id} has events up to seq {seq}, but this session's last is "
+                f"{self.last_seq}: another process appended to it. Reopen the experiment to continue from "
+                "the latest state.")
+        raise IntegrityError(
+            f"the store's log of experiment {self.experiment_id} no longer ends at this session's last event "
+            f"(seq {self.last_seq}): its head is seq {seq} and that event is "
+            f"{'gone' if last is None else 'changed'}. Nothing was changed; run `weightslab audit` and restore "
+            "the store from a backup")
 
     # -- the background statistics writer ----------------------------------------------
     def wait(self) -> None:
@@ -133,40 +174,47 @@ class Recorder:
         in_transaction: InTransaction | None = None,
         fingerprint: Fingerprint | None = None,
         flush_all: bool = False,
+        conn: Any = None,
     ) -> EventRow:
         """Append ``event`` with the current state's fingerprint (or the one given); returns its row.
 
         ``blobs`` are stored and named in the event; ``in_transaction(conn, seq)`` runs inside the
-        event's transaction; ``flush_all`` writes every sample row, not only the changed ones.
+        event's transaction; ``flush_all`` writes every sample row, not only the changed ones. With
+        ``conn``, everything happens in the caller's transaction (which must then commit).
 
         Raises:
-            ReplayError: this is a detached replica.
+            ReplayError: this is a detached replica, or a broken experiment.
             StoreError: the event could not be written (nothing of it was).
         """
-        if self.detached:
-            raise ReplayError(
-                "this is a read-only replica of the experiment for replay; open the experiment itself "
-                "(Experiment(..., name=...)) to continue it")
+        self.check_writable()
         fp = fingerprint or self._fingerprint()
-        store = self.store
-        with store.transaction() as conn:
-            named: dict[str, str] = dict(event.blobs)
-            if blobs:
-                names = sorted(blobs)
-                named.update(zip(names, store.blobs.put_many(conn, [encode_tensor(blobs[n]) for n in names])))
-            event = dataclasses.replace(event, state=fp.groups, blobs=named)
-            row = store.append_event(self.experiment_id, event.KIND, event.to_payload(),
-                                     expected_last_seq=self.last_seq, conn=conn, state_hash=fp.digest,
-                                     code_version=self.code_version)
-            written = self._flush_neurons(conn)
-            if in_transaction is not None:
-                in_transaction(conn, row.seq)
-        self.last_seq = row.seq
+        if conn is None:
+            with self.store.transaction() as own:
+                row, event, written = self._write(own, event, blobs, in_transaction, fp)
+        else:
+            row, event, written = self._write(conn, event, blobs, in_transaction, fp)
+        self.last_seq, self.last_hash = row.seq, row.hash
         self._neurons_written = written  # only once the transaction committed
         self._submit(self._statistics.sample_jobs(everything=flush_all))
         for listener in self.listeners:
             listener(row, event)
         return row
+
+    def _write(self, conn: Any, event: DomainEvent, blobs: Mapping[str, torch.Tensor] | None,
+               in_transaction: InTransaction | None, fp: Fingerprint,
+               ) -> tuple[EventRow, DomainEvent, dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]]:
+        store = self.store
+        named: dict[str, str] = dict(event.blobs)
+        if blobs:
+            names = sorted(blobs)
+            named.update(zip(names, store.blobs.put_many(conn, [encode_tensor(blobs[n]) for n in names])))
+        event = dataclasses.replace(event, state=fp.groups, blobs=named)
+        row = store.append_event(self.experiment_id, event.KIND, event.to_payload(), expected_last_seq=self.last_seq,
+                                 conn=conn, state_hash=fp.digest, code_version=self.code_version)
+        written = self._flush_neurons(conn)
+        if in_transaction is not None:
+            in_transaction(conn, row.seq)
+        return row, event, written
 
     def _flush_neurons(self, conn: Any) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
         """Write the neuron rows that changed since the last write; returns the new written state."""

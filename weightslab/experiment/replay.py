@@ -31,6 +31,7 @@ from weightslab.events.domain import (
     SampleEvent,
     StepsTrained,
 )
+from weightslab.experiment import environment
 from weightslab.experiment.checkpoints import CheckpointManager, read_state
 from weightslab.experiment.loops import eval_loop, train_loop
 from weightslab.experiment.recorder import Recorder
@@ -64,6 +65,8 @@ class ReplayOutcome:
     not_restored: list[int] = field(default_factory=list)
     divergence: Divergence | None = None
     error: str | None = None
+    forced: list[str] = field(default_factory=list)  # environment differences accepted (force=True)
+    noted: list[str] = field(default_factory=list)  # differences that may matter (see weightslab.experiment.environment)
 
     @property
     def ok(self) -> bool:
@@ -76,17 +79,49 @@ class ReplayOutcome:
 
 
 class Replayer:
-    """Re-executes one experiment's recorded events on its runtime (nothing is recorded again)."""
+    """Re-executes one experiment's recorded events on its runtime (nothing is recorded again).
+
+    Each event runs with the settings it was recorded with pinned (threads, deterministic flags, matmul
+    precision; :mod:`~weightslab.experiment.environment`). Events recorded with another torch version or
+    device are refused, naming the difference, unless ``force`` accepts the risk.
+    """
 
     def __init__(self, rt: Runtime, recorder: Recorder, statistics: Statistics,
-                 checkpoints: CheckpointManager) -> None:
+                 checkpoints: CheckpointManager, *, force: bool = False) -> None:
         self._rt = rt
         self._recorder = recorder
         self._statistics = statistics
         self._checkpoints = checkpoints
+        self.force = force
+        self._pin: environment.Pinned | None = None
 
     def log(self) -> Log:
-        return walk(self._rt.store, self._rt.store.get_experiment(self._rt.name))
+        """The experiment's log; the facts of its creation that are settings, not state, are applied."""
+        log = walk(self._rt.store, self._rt.store.get_experiment(self._rt.name))
+        created = log.entries[0].event if log.entries else None
+        if isinstance(created, ExperimentCreated):
+            for split in self._rt.splits:
+                split.ledger.stats.labels_known = created.labels_known
+        return log
+
+    def _check_environment(self, entries: Sequence[LogEntry], outcome: ReplayOutcome) -> None:
+        """Refuse events recorded where replay cannot pin the difference (unless forced); note the rest."""
+        here = environment.current(self._rt.device)
+        refused: dict[str, list[int]] = {}
+        for entry in entries:
+            found = environment.compare(entry.environment, here)
+            for what in found.refused:
+                refused.setdefault(what, []).append(entry.seq)
+            outcome.noted += [n for n in found.noted if n not in outcome.noted]
+        if not refused:
+            return
+        what = "; ".join(f"{d} for seqs {seqs[0]}..{seqs[-1]}" for d, seqs in refused.items())
+        if not self.force:
+            raise ReplayError(
+                f"experiment {self._rt.name!r} was recorded in another environment: {what}. Replay cannot set "
+                "these back, so it may not reproduce the log: run it where it was recorded, or accept the risk "
+                "with force=True (weightslab replay --force), which the resume event records")
+        outcome.forced += list(refused)
 
     # -- one event -------------------------------------------------------------------------------------
     def restore(self, manifest: str, checkpoint_id: int | None) -> None:
@@ -99,6 +134,8 @@ class Replayer:
     def apply(self, entry: LogEntry, log: Log) -> None:
         """Re-execute one recorded event without recording it again."""
         rt, event = self._rt, entry.event
+        if self._pin is not None:
+            self._pin.to(entry.environment)
         self._recorder.muted += 1
         try:
             if isinstance(event, StepsTrained):
@@ -158,14 +195,27 @@ class Replayer:
         state is then that of the failed attempt: see :meth:`back_to`.
         """
         outcome = ReplayOutcome(plan.anchor.seq)
-        self.restore(plan.manifest, plan.checkpoint_id)
         # a resume anchor's state is its manifest plus the events it re-executed (redo)
         after_resume = isinstance(plan.anchor.event, ExperimentResumed)
         steps = [*plan.redo, plan.anchor, *plan.then] if after_resume else [plan.anchor, *plan.then]
+        executed = [e for e in steps if e is not plan.anchor and not isinstance(e.event, ExperimentResumed)]
+        self._check_environment([*executed, *(r for e in plan.then for r in log.redo_of(e))], outcome)
+        with environment.Pinned(self._rt.device).pinning() as pin:
+            self._pin = pin
+            try:
+                return self._run(plan, log, steps, after_resume, outcome, strict)
+            finally:
+                self._pin = None
+
+    def _run(self, plan: RestorePlan, log: Log, steps: list[LogEntry], after_resume: bool, outcome: ReplayOutcome,
+             strict: bool) -> ReplayOutcome:
+        self.restore(plan.manifest, plan.checkpoint_id)
         for i, entry in enumerate(steps):
             try:
-                if entry is not plan.anchor and not isinstance(entry.event, ExperimentResumed):
-                    self.apply(entry, log)  # a resume among the redo steps is verified, not re-executed
+                verify_only = entry is plan.anchor or (entry in plan.redo and isinstance(entry.event,
+                                                                                        ExperimentResumed))
+                if not verify_only:  # the anchor's state was restored; a resume it redid is only verified
+                    self.apply(entry, log)
             except WeightsLabError as e:
                 if strict:
                     raise ReplayError(f"replay failed at seq {entry.seq} ({entry.kind}): {e}") from e
@@ -189,15 +239,35 @@ class Replayer:
         Raises:
             ReplayError: an event that verified before does not verify again (non-deterministic code).
         """
-        self.restore(plan.manifest, plan.checkpoint_id)
-        for seq in verified:
-            entry = log.entry(seq)
-            if not isinstance(entry.event, ExperimentResumed):
-                self.apply(entry, log)
-            div = self.verify(entry)
-            if div is not None:
-                raise ReplayError(f"seq {seq} verified once and not the second time ({div}): the training code "
-                                  "is not deterministic on this machine")
+        with environment.Pinned(self._rt.device).pinning() as pin:
+            self._pin = pin
+            try:
+                self.restore(plan.manifest, plan.checkpoint_id)
+                for seq in verified:
+                    entry = log.entry(seq)
+                    if not isinstance(entry.event, ExperimentResumed):
+                        self.apply(entry, log)
+                    div = self.verify(entry)
+                    if div is not None:
+                        raise ReplayError(f"seq {seq} verified once and not the second time ({div}): the "
+                                          "training code is not deterministic on this machine")
+            finally:
+                self._pin = None
+
+    def rebuild_latest(self, seq: int) -> None:
+        """Put the live state back to the state after event ``seq`` (an operation failed before its event was
+        written): the nearest recorded state, then the events after it, every fingerprint verified. The
+        per-pass rows of the undone work are dropped (the log holds only what was recorded).
+
+        Raises:
+            ReplayError: the state could not be rebuilt (the store cannot be read, or replay diverges).
+        """
+        log = self.log()
+        self._statistics.discard_history()
+        try:
+            self.rebuild(log.plan(seq), log, strict=True)
+        finally:
+            self._statistics.discard_history()
 
 
 # -- reopening an experiment -----------------------------------------------------------------------------
@@ -261,6 +331,10 @@ def reopen(rt: Runtime, replayer: Replayer, recorder: Recorder) -> ResumeReport:
             f"({chain.reason}); refusing to resume from it. Inspect it with `weightslab audit {rt.name}`."
         )
     log = replayer.log()
+    problems = log.checkpoint_problems(rt.store.checkpoints(rt.experiment_id))
+    if problems:
+        raise IntegrityError(f"experiment {rt.name!r}: {problems[0]}; refusing to resume from it. Inspect it with "
+                             f"`weightslab audit {rt.name}`.")
     plan = log.plan()
     outcome = replayer.rebuild(plan, log)
     if outcome.not_restored:
@@ -270,7 +344,7 @@ def reopen(rt: Runtime, replayer: Replayer, recorder: Recorder) -> ResumeReport:
                       f"continuing from the state after seq {outcome.reached}", stacklevel=3)
     recorder.append(ExperimentResumed(
         checkpoint_id=plan.checkpoint_id, manifest=plan.manifest, base_seq=plan.manifest_seq,
-        replayed=tuple(outcome.replayed), not_restored=tuple(outcome.not_restored),
-        replayed_ops=tuple(f"replayed seq {s}" for s in outcome.replayed),
+        replayed=tuple(outcome.replayed), not_restored=tuple(outcome.not_restored), restored_seq=outcome.reached,
+        environment=environment.current(rt.device), forced=tuple(outcome.forced),
     ), flush_all=True)
     return ResumeReport(plan.checkpoint_id, plan.manifest_seq, list(outcome.replayed), list(outcome.not_restored))

@@ -56,10 +56,13 @@ def _optimizer_class(qualified: str) -> type[torch.optim.Optimizer]:
 
 def replica(store: Any, name: str, *, model: Any = None, train_dataset: Any = None, eval_dataset: Any = None,
             recipe: str | None = None, device: str = "cpu",
-            optimizer_class: type[torch.optim.Optimizer] | None = None) -> Experiment:
+            optimizer_class: type[torch.optim.Optimizer] | None = None, force: bool = False) -> Experiment:
     """A detached, read-only copy of a stored experiment's runtime, for replay.
 
-    The model and datasets come from the caller, or from ``recipe`` (default: the recorded one).
+    The model and datasets come from the caller, or from ``recipe`` (default: the recorded one). A store
+    given by location is opened read-only, so a database role that may only read can replay, query
+    (``rep.sql(...)``) and list a history; nothing is ever written through a replica. ``force``: replay
+    events recorded with another torch version or device (see :class:`~weightslab.Experiment`).
 
     Raises:
         UnknownExperimentError: no such experiment.
@@ -71,7 +74,7 @@ def replica(store: Any, name: str, *, model: Any = None, train_dataset: Any = No
         >>> replay_to(rep).ok
         True
     """
-    store = store if isinstance(store, Store) else Store.open(store)
+    store = store if isinstance(store, Store) else Store.open(store, create=False, read_only=True)
     row = store.get_experiment(name)
     recorded = row.config
     if model is None:
@@ -86,7 +89,7 @@ def replica(store: Any, name: str, *, model: Any = None, train_dataset: Any = No
         device=device, learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"], name=name, store=store,
         seed=cfg["seed"], eval_every=cfg.get("eval_every"), eval_batch_size=cfg.get("eval_batch_size"),
         num_workers=cfg.get("num_workers", 0), optimizer_kwargs=cfg.get("optimizer_kwargs"), progress=False,
-        _replica=True,
+        force=force, _replica=True,
     )
     return exp
 

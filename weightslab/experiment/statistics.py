@@ -35,6 +35,7 @@ class Statistics:
         self._rt = rt
         self._snapshots = SnapshotWriter(rt.store.blobs)
         self._history: list[pd.DataFrame] = []  # per-pass rows awaiting the next snapshot
+        self._in_snapshot = 0  # how many of them the snapshot being written holds
 
     def neuron_counters(self) -> list[NeuronCounters]:
         return self._rt.neuron_counters()
@@ -68,15 +69,22 @@ class Statistics:
 
     # -- snapshots ------------------------------------------------------------------------------------
     def write_snapshots(self, conn: Any, seq: int) -> None:
-        """Snapshots of ``sample_stats``, ``neuron_stats`` and the kept history, in the caller's transaction."""
+        """Snapshots of ``sample_stats``, ``neuron_stats`` and the kept history, in the caller's transaction;
+        call :meth:`snapshots_committed` once it commits (until then the history rows stay kept: a
+        transaction that rolls back loses none)."""
         store, eid = self._rt.store, self._rt.experiment_id
         for table, (digest, build) in self.sources().items():
             self._snapshots.write(conn, eid, table, seq, digest, build)
         self.keep_history()
+        self._in_snapshot = len(self._history)
         if self._history:
             frame = pd.concat(self._history, ignore_index=True)
             store.write_snapshot(eid, "sample_history", seq, frame, conn=conn)
-            self._history = []
+
+    def snapshots_committed(self) -> None:
+        """The snapshot transaction committed: its history rows are stored."""
+        del self._history[:self._in_snapshot]
+        self._in_snapshot = 0
 
     def sources(self) -> dict[str, tuple[str, Callable[[], Any]]]:
         """Per snapshot table (``sample_stats``, ``neuron_stats``): a digest of the arrays its rows are

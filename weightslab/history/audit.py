@@ -129,10 +129,14 @@ def _check_seq_range(name: str, last: int, from_seq: int | None, to_seq: int | N
 class AuditReport:
     """The verdict on one experiment's history.
 
-    ``ok`` is true when the chain verifies and every blob the history names is
-    present and intact. Otherwise ``first_bad_seq`` is the first event that
-    fails the chain, ``bad_blob`` the first missing or damaged blob and
-    ``bad_blob_role`` what it was (e.g. ``checkpoint 1 (seq 7): tensor model/layer0.weight``).
+    ``ok`` is true when the chain verifies up to the head anchored on the
+    experiment's row, every blob the history names is present and intact, and
+    (when one was expected) the log still holds the expected head. Otherwise
+    ``first_bad_seq`` is the first event that fails the chain, ``bad_blob`` the
+    first missing or damaged blob and ``bad_blob_role`` what it was (e.g.
+    ``checkpoint 1 (seq 7): tensor model/layer0.weight``). ``head_hash`` is the
+    hash of the latest event: record it elsewhere (like a git commit id) and pass
+    it back as ``expect_head`` to prove that nothing up to it was cut or changed.
     """
 
     experiment: str
@@ -144,6 +148,9 @@ class AuditReport:
     bad_blob: str | None = None
     bad_blob_role: str | None = None
     problems: tuple[str, ...] = ()
+    head_seq: int = 0
+    head_hash: str | None = None
+    expected_head: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -152,15 +159,18 @@ class AuditReport:
     def render_text(self) -> str:
         head = (f"experiment {self.experiment!r}: {self.events} events, {self.checkpoints} checkpoints, "
                 f"{self.blobs_checked} blobs checked")
+        anchor = f"    head: seq {self.head_seq} {self.head_hash or '(none)'}"
         if self.ok:
-            return f"OK  {head}: hash chain and blobs verified"
-        return "\n".join([f"BAD {head}", *(f"    {p}" for p in self.problems)])
+            proof = f"; the log holds the expected head {self.expected_head[:12]}" if self.expected_head else ""
+            return f"OK  {head}: hash chain and blobs verified{proof}\n{anchor}"
+        return "\n".join([f"BAD {head}", *(f"    {p}" for p in self.problems), anchor])
 
     def to_dict(self) -> dict[str, Any]:
         return {"experiment": self.experiment, "ok": self.ok, "events": self.events,
                 "checkpoints": self.checkpoints, "blobs_checked": self.blobs_checked, "chain_ok": self.chain_ok,
                 "first_bad_seq": self.first_bad_seq, "bad_blob": self.bad_blob,
-                "bad_blob_role": self.bad_blob_role, "problems": list(self.problems)}
+                "bad_blob_role": self.bad_blob_role, "problems": list(self.problems), "head_seq": self.head_seq,
+                "head_hash": self.head_hash, "expected_head": self.expected_head}
 
 
 @dataclass(frozen=True)
@@ -197,8 +207,11 @@ def audit_store(store: Store) -> StoreAuditReport:
                                                     for e in store.list_experiments()))
 
 
-def audit_experiment(store: Store, name: str) -> AuditReport:
-    """Verify experiment ``name``'s hash chain and every blob its history names.
+def audit_experiment(store: Store, name: str, *, expect_head: str | None = None) -> AuditReport:
+    """Verify experiment ``name``'s hash chain, its head, and every blob its history names.
+
+    ``expect_head``: the hash of an event the log must still hold (a head recorded earlier, e.g.
+    printed by a previous audit): a log cut before it, or rewritten, fails.
 
     Nothing is written. A damaged store gives a report with ``ok == False``
     (naming the first bad seq and the first bad blob), not an exception.
@@ -216,6 +229,9 @@ def audit_experiment(store: Store, name: str) -> AuditReport:
     chain, log = _read_log(store, exp)
     if not chain.ok:
         problems.append(f"hash chain broken at seq {chain.first_bad_seq}: {chain.reason}")
+    if expect_head is not None and (log is None or all(e.record.hash != expect_head for e in log)):
+        problems.append(f"the log holds no event with the expected head hash {expect_head}: it was cut before "
+                        "that event or rewritten since (restore the store from a backup)")
     with store.reading() as conn:
         ckpts = conn.execute(select(Checkpoint.__table__).where(Checkpoint.experiment_id == exp.experiment_id)
                              .order_by(Checkpoint.checkpoint_id)).all()
@@ -235,7 +251,8 @@ def audit_experiment(store: Store, name: str) -> AuditReport:
     return AuditReport(
         experiment=name, events=chain.events, checkpoints=len(ckpts), blobs_checked=len(checker.seen),
         chain_ok=chain.ok, first_bad_seq=chain.first_bad_seq, bad_blob=bad[0] if bad else None,
-        bad_blob_role=bad[1] if bad else None, problems=tuple(problems),
+        bad_blob_role=bad[1] if bad else None, problems=tuple(problems), head_seq=chain.head_seq,
+        head_hash=chain.head_hash, expected_head=expect_head,
     )
 
 
@@ -305,32 +322,19 @@ _Finding = tuple[str, str | None, str | None]  # (what it is, blob hash or None,
 
 def _walk(log: Log, ckpts: Sequence[Any], snaps: Sequence[Any], checker: _BlobChecker) -> Iterator[_Finding]:
     """Every blob the history names, in log order, with what is wrong with it (if anything)."""
-    by_id = {c.checkpoint_id: c for c in ckpts}
-    dumped: set[int] = set()
+    for problem in log.checkpoint_problems(ckpts):
+        yield problem.split(":", 1)[0], None, problem.split(": ", 1)[1]
     for e in log:
         event = e.event
         if isinstance(event, ExperimentCreated):
             yield from _manifest(f"initial state (seq {e.seq})", event.initial, None, checker)
         elif isinstance(event, CheckpointDumped):
-            cid = event.checkpoint_id
-            role = f"checkpoint {cid} (seq {e.seq})"
-            dumped.add(cid)
-            row = by_id.get(cid)
-            if row is None:
-                yield role, None, "the dump event has no row in the checkpoints table"
-            elif row.manifest_hash != event.manifest or row.event_seq != e.seq or row.parent_id != event.parent_id:
-                yield role, None, (f"the checkpoints table (manifest {str(row.manifest_hash)[:12]}, seq "
-                                   f"{row.event_seq}, parent {row.parent_id}) disagrees with the dump event "
-                                   f"(manifest {event.manifest[:12]}, seq {e.seq}, parent {event.parent_id})")
-            yield from _manifest(role, event.manifest, e.state_hash, checker)
+            yield from _manifest(f"checkpoint {event.checkpoint_id} (seq {e.seq})", event.manifest, e.state_hash,
+                                 checker)
         elif isinstance(event, CheckpointLoaded | ExperimentResumed):
             yield from _manifest(f"state loaded at seq {e.seq}", event.manifest, None, checker)
         for blob_name, digest in sorted(event.blobs.items()):
             yield f"seq {e.seq} ({e.kind}): blob {blob_name}", str(digest), checker.check(digest)
-    for c in ckpts:
-        if c.checkpoint_id not in dumped:
-            yield (f"checkpoint {c.checkpoint_id}", None,
-                   f"the checkpoints table lists it at seq {c.event_seq}, but the log has no dump event for it")
     for s in snaps:
         role = f"snapshot {s.snapshot_id} ({s.table_name}, seq {s.event_seq})"
         yield role, str(s.blob_hash), checker.check(s.blob_hash)

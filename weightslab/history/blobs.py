@@ -288,10 +288,10 @@ class BlobStore:
                 if path.exists() and path.stat().st_size == _size(data):
                     continue
                 tmp = tmp_dir / f"{digest}.{uuid.uuid4().hex}.part"
+                staged.append((tmp, path))  # before the write: a write that fails half-way is cleaned up too
                 with open(tmp, "wb") as f:
                     for part in _parts(data):
                         f.write(part)
-                staged.append((tmp, path))
             for tmp, _ in staged:
                 fd = os.open(tmp, os.O_RDONLY)
                 try:
@@ -309,7 +309,10 @@ class BlobStore:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        except OSError as e:
+        except BaseException as e:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write blobs under {self._dir}: {e}") from e
+            if isinstance(e, OSError):
+                raise StoreError(f"cannot write blobs under {self._dir} ({e.strerror or e}): check that the disk "
+                                 "has room and the directory is writable; nothing was stored") from e
+            raise

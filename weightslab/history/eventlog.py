@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
-from weightslab.errors import ConcurrencyError
+from weightslab.errors import ConcurrencyError, IntegrityError
 from weightslab.events.codec import chain_hash, decode_payload, normalise
-from weightslab.history.schema import Event
+from weightslab.history.schema import Event, Experiment
 
-__all__ = ["ChainReport", "EventRow", "append_event", "default_actor", "read_events", "verify_chain"]
+__all__ = ["ChainReport", "EventRow", "append_event", "default_actor", "read_events", "read_head", "verify_chain"]
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,14 @@ class EventRow:
 
 @dataclass(frozen=True)
 class ChainReport:
-    """Result of verifying a hash chain."""
+    """Result of verifying a hash chain, and the head it ends at (seq and hash of the latest event)."""
 
     ok: bool
     events: int
     first_bad_seq: int | None = None
     reason: str = ""
+    head_seq: int = 0
+    head_hash: str | None = None
 
 
 def default_actor() -> str:
@@ -80,10 +82,14 @@ def _hashed_fields(seq: int, kind: str, payload: Any, created_at: datetime, stat
 
 
 _EV = Event.__table__
+_EXP = Experiment.__table__
 # Built once: an event is appended on every operation.
 _LAST = (select(_EV.c.seq, _EV.c.hash).where(_EV.c.experiment_id == bindparam("experiment_id"))
          .order_by(_EV.c.seq.desc()).limit(1))
 _INSERT = _EV.insert()
+_MOVE_HEAD = (update(_EXP).where(_EXP.c.experiment_id == bindparam("e"), _EXP.c.head_seq == bindparam("prev"))
+              .values(head_seq=bindparam("seq"), head_hash=bindparam("h")))
+_HEAD = select(_EXP.c.head_seq, _EXP.c.head_hash).where(_EXP.c.experiment_id == bindparam("e"))
 
 
 def _row(e: Any) -> EventRow:
@@ -150,11 +156,32 @@ def append_event(
             with conn.begin_nested():
                 conn.execute(_INSERT, values)
     except SAIntegrityError as e:
+        taken = conn.scalar(select(_EV.c.seq).where(_EV.c.experiment_id == experiment_id, _EV.c.seq == seq))
+        if taken is None:  # another constraint (or a trigger) refused the row: not a concurrent writer
+            raise
         raise ConcurrencyError(
             f"another writer appended seq {seq} to experiment {experiment_id} at the same time; "
             "reopen the experiment and retry"
         ) from e
+    _move_head(conn, experiment_id, last_seq, seq, digest)
     return EventRow(**{k: v for k, v in values.items() if k in EventRow.__dataclass_fields__})
+
+
+def _move_head(conn: Connection, experiment_id: int, prev: int, seq: int, digest: str) -> None:
+    """Anchor the new head on the experiment's row (same transaction as the event)."""
+    if conn.execute(_MOVE_HEAD, {"e": experiment_id, "prev": prev, "seq": seq, "h": digest}).rowcount == 1:
+        return
+    head = conn.execute(_HEAD, {"e": experiment_id}).first()
+    raise IntegrityError(
+        f"experiment {experiment_id}'s log ends at seq {prev}, but its head says seq {head[0] if head else '?'}: "
+        "events were deleted from the store. Nothing was written; run `weightslab audit` and restore the "
+        "store from a backup")
+
+
+def read_head(conn: Connection, experiment_id: int) -> tuple[int, str | None]:
+    """The head anchored on the experiment's row: (seq, hash) of its latest event."""
+    row = conn.execute(_HEAD, {"e": experiment_id}).first()
+    return (int(row[0]), row[1]) if row is not None else (0, None)
 
 
 def read_events(
@@ -171,22 +198,32 @@ def verify_chain(conn: Connection, experiment_id: int) -> ChainReport:
     """Recompute every hash of an experiment's chain; name the first bad seq.
 
     Detects an edited event (its hash no longer matches its content), a deleted
-    event (a gap in seq, or the next event's prev_hash no longer matching) and
-    reordered events (seq and prev_hash disagree).
+    event (a gap in seq, or the next event's prev_hash no longer matching),
+    reordered events (seq and prev_hash disagree), and a log cut short or extended
+    behind WeightsLab's back (it no longer ends at the head anchored on the
+    experiment's row).
     """
+    head_seq, head_hash = read_head(conn, experiment_id)
     prev_hash: str | None = None
     expected = 1
     count = 0
     for e in conn.execute(select(_EV).where(_EV.c.experiment_id == experiment_id).order_by(_EV.c.seq)):
         count += 1
         if e.seq != expected:
-            return ChainReport(False, count, expected, f"seq {expected} is missing (next is {e.seq})")
+            return ChainReport(False, count, expected, f"seq {expected} is missing (next is {e.seq})",
+                               head_seq, head_hash)
         if e.prev_hash != prev_hash:
-            return ChainReport(False, count, e.seq, "prev_hash does not match the previous event's hash")
+            return ChainReport(False, count, e.seq, "prev_hash does not match the previous event's hash",
+                               head_seq, head_hash)
         fields = _hashed_fields(e.seq, e.kind, normalise(decode_payload(e.payload)), e.created_at, e.state_hash,
                                 e.actor, e.code_version)
         if chain_hash(fields, prev_hash) != e.hash:
-            return ChainReport(False, count, e.seq, "content does not match its hash (edited)")
+            return ChainReport(False, count, e.seq, "content does not match its hash (edited)", head_seq, head_hash)
         prev_hash = e.hash
         expected += 1
-    return ChainReport(True, count)
+    if (count, prev_hash) != (head_seq, head_hash):
+        return ChainReport(False, count, count + 1, (
+            f"the log ends at seq {count}, but its head (anchored with every append) is seq {head_seq}: "
+            f"{'events were deleted from its end' if head_seq > count else 'the head was changed'}"),
+            head_seq, head_hash)
+    return ChainReport(True, count, head_seq=head_seq, head_hash=head_hash)

@@ -20,7 +20,7 @@ through here. No torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +42,12 @@ __all__ = ["Log", "LogEntry", "RestorePlan", "walk"]
 
 @dataclass(frozen=True)
 class LogEntry:
-    """One event of the log, typed, with the checkpoint the state after it descends from."""
+    """One event of the log, typed, with the checkpoint the state after it descends from and the
+    environment the event ran in (that of the latest creation or resume before it; None: not recorded)."""
 
     record: RecordedEvent
     head: int | None  # None: the initial state
+    environment: Mapping[str, Any] | None = None
 
     @property
     def seq(self) -> int:
@@ -114,16 +116,20 @@ class Log:
 
     @classmethod
     def of(cls, name: str, experiment_id: int, records: Sequence[RecordedEvent]) -> Log:
-        """Mark each record's head: a dump or load moves it to its checkpoint, a resume to its base's."""
+        """Mark each record's head (a dump or load moves it to its checkpoint, a resume to its base's) and
+        environment (set by the creation, and by each resume for the events after it)."""
         entries: list[LogEntry] = []
         head: int | None = None
+        environment: Mapping[str, Any] | None = None
         for record in records:
             event = record.event
             if isinstance(event, ExperimentCreated):
-                head = None
+                head, environment = None, event.environment
             elif isinstance(event, CheckpointDumped | CheckpointLoaded | ExperimentResumed):
                 head = event.checkpoint_id
-            entries.append(LogEntry(record, head))
+            entries.append(LogEntry(record, head, environment))
+            if isinstance(event, ExperimentResumed) and event.environment is not None:
+                environment = event.environment  # the events after a resume ran in its environment
         return cls(name, experiment_id, entries)
 
     def __iter__(self) -> Iterator[LogEntry]:
@@ -197,6 +203,26 @@ class Log:
             raise IntegrityError(f"the resume at seq {entry.seq} of {self.name!r} names events {missing} that the "
                                  "log does not hold; the store is damaged")
         return tuple(self._by_seq[s] for s in event.replayed)
+
+    def checkpoint_problems(self, rows: Sequence[Any]) -> list[str]:
+        """Where the ``checkpoints`` table (``rows``: checkpoint_id, parent_id, event_seq, manifest_hash)
+        disagrees with the dump events: it is what ``load`` reads, and the hash chain does not cover it."""
+        by_id = {r.checkpoint_id: r for r in rows}
+        dumps = self.dumps()
+        problems = []
+        for cid, e in dumps.items():
+            event, row = e.event, by_id.get(cid)
+            assert isinstance(event, CheckpointDumped)
+            if row is None:
+                problems.append(f"checkpoint {cid} (seq {e.seq}): the dump event has no row in the checkpoints table")
+            elif (row.manifest_hash, row.event_seq, row.parent_id) != (event.manifest, e.seq, event.parent_id):
+                problems.append(
+                    f"checkpoint {cid} (seq {e.seq}): the checkpoints table (manifest {str(row.manifest_hash)[:12]}, "
+                    f"seq {row.event_seq}, parent {row.parent_id}) disagrees with the dump event (manifest "
+                    f"{event.manifest[:12]}, seq {e.seq}, parent {event.parent_id})")
+        problems += [f"checkpoint {cid}: the checkpoints table lists it at seq {r.event_seq}, but the log has no "
+                     "dump event for it" for cid, r in sorted(by_id.items()) if cid not in dumps]
+        return problems
 
     # -- the checkpoint tree ------------------------------------------------------------------------------
     def segments(self) -> dict[int, list[LogEntry]]:

@@ -70,6 +70,10 @@ class Experiment(Base):
     recipe: Mapped[str | None] = mapped_column(String(500), nullable=True)
     # Constructor settings and data set fingerprints, as recorded at creation.
     config: Mapped[dict | None] = mapped_column(JsonPayload, nullable=True)
+    # The log's head: seq and hash of its latest event, written in the same transaction as that event,
+    # so a log cut short (its newest events deleted) no longer ends where its head says (revision 0004).
+    head_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    head_hash: Mapped[str | None] = mapped_column(HASH, nullable=True)
 
 
 class Event(Base):

@@ -38,7 +38,7 @@ from weightslab.history.locate import (
     resolve_store,
 )
 from weightslab.history.manifest import Manifest, parse_manifest
-from weightslab.history.schema import Experiment, Snapshot
+from weightslab.history.schema import Event, Experiment, Snapshot
 from weightslab.history.sqlfence import query_error, run_query, single_read_statement
 
 __all__ = ["ExperimentRow", "Store"]
@@ -54,6 +54,7 @@ class ExperimentRow:
 
 
 _EXP = Experiment.__table__
+_EV = Event.__table__
 
 
 def _experiment_row(e: Any) -> ExperimentRow:
@@ -253,31 +254,35 @@ class Store:
 
     # -- experiments -----------------------------------------------------------
     def create_experiment(self, name: str, *, config: Mapping[str, Any] | None = None,
-                          recipe: str | None = None) -> ExperimentRow:
-        """Register a new experiment name.
+                          recipe: str | None = None, conn: Connection | None = None) -> ExperimentRow:
+        """Register a new experiment name (in ``conn``'s transaction, when given: the row then exists only if
+        that transaction commits, e.g. together with the creation event).
 
         Raises:
             DuplicateExperimentError: the name is taken (open it instead, or pick another name).
         """
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            from weightslab.errors import ConfigurationError
-
             raise ConfigurationError(f"experiment name must be a non-empty string of ≤200 characters, got {name!r}")
         from weightslab.events.codec import normalise
 
         clean = normalise(dict(config or {}), "config")
+        if conn is None:
+            with self.transaction() as own:
+                return self.create_experiment(name, config=config, recipe=recipe, conn=own)
+        duplicate = DuplicateExperimentError(
+            f"an experiment named {name!r} already exists in {self.describe()}; open it to continue it, or "
+            "choose another name.")
+        if conn.execute(select(_EXP.c.experiment_id).where(_EXP.c.name == name)).first() is not None:
+            raise duplicate
         try:
-            with self.transaction() as conn:
-                conn.execute(Experiment.__table__.insert().values(
-                    name=name, created_at=datetime.now(UTC), recipe=recipe, config=clean))
+            with translate_errors(self.describe()):
+                conn.execute(_EXP.insert().values(name=name, created_at=datetime.now(UTC), recipe=recipe,
+                                                  config=clean))
         except StoreError as e:
-            if isinstance(e.__cause__, SAIntegrityError):
-                raise DuplicateExperimentError(
-                    f"an experiment named {name!r} already exists in {self.describe()}; "
-                    "open it to continue it, or choose another name."
-                ) from e.__cause__
+            if isinstance(e.__cause__, SAIntegrityError):  # another process registered it just now
+                raise duplicate from e.__cause__
             raise
-        return self.get_experiment(name)
+        return _experiment_row(conn.execute(select(_EXP).where(_EXP.c.name == name)).one())
 
     def find_experiment(self, name: str) -> ExperimentRow | None:
         with self.reading() as conn:
@@ -323,6 +328,16 @@ class Store:
         with self.reading() as conn:
             return int(conn.scalar(select(func.coalesce(func.max(Event.seq), 0))
                                    .where(Event.experiment_id == experiment_id)))
+
+    def head(self, experiment_id: int) -> tuple[int, str | None]:
+        """The head anchored on the experiment's row: (seq, hash) of its latest event."""
+        with self.reading() as conn:
+            return eventlog.read_head(conn, experiment_id)
+
+    def event_hash(self, experiment_id: int, seq: int) -> str | None:
+        """The hash of event ``seq`` (None: no such event)."""
+        with self.reading() as conn:
+            return conn.scalar(select(_EV.c.hash).where(_EV.c.experiment_id == experiment_id, _EV.c.seq == seq))
 
     def verify_chain(self, experiment_id: int) -> eventlog.ChainReport:
         with self.reading() as conn:
@@ -374,11 +389,16 @@ class Store:
         return parse_manifest(self.blobs.get(check_hash(digest), conn), digest)
 
     # -- statistics ----------------------------------------------------------------
-    def write_sample_rows(self, experiment_id: int, jobs: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
-        """Upsert ``sample_stats`` rows, given per split as columns (see :func:`stats.upsert_sample_stats`)."""
-        with self.transaction() as conn:
-            for split, columns in jobs:
-                stats.upsert_sample_stats(conn, experiment_id, split, columns)
+    def write_sample_rows(self, experiment_id: int, jobs: Sequence[tuple[str, Mapping[str, Any]]],
+                          conn: Connection | None = None) -> None:
+        """Upsert ``sample_stats`` rows, given per split as columns (see :func:`stats.upsert_sample_stats`),
+        in ``conn``'s transaction or a new one."""
+        if conn is None:
+            with self.transaction() as own:
+                self.write_sample_rows(experiment_id, jobs, own)
+            return
+        for split, columns in jobs:
+            stats.upsert_sample_stats(conn, experiment_id, split, columns)
 
     def write_neuron_rows(self, conn: Connection, experiment_id: int, rows: Sequence[Sequence[Any]], *,
                           rewrite: Sequence[tuple[int, str]] = ()) -> None:
@@ -386,15 +406,15 @@ class Store:
         lose their old rows first (a layer whose width changed)."""
         stats.replace_neuron_stats(conn, experiment_id, rows, rewrite)
 
-    def adopt_experiment(self, experiment_id: int, *, config: Mapping[str, Any], recipe: str | None) -> ExperimentRow:
-        """Record the settings of a registered experiment that has no events (its creator died first)."""
+    def adopt_experiment(self, experiment_id: int, *, config: Mapping[str, Any], recipe: str | None,
+                         conn: Connection) -> ExperimentRow:
+        """Record, in ``conn``'s transaction, the settings of a registered experiment that has no events
+        (a store written before creation was atomic, whose creator died before its first event)."""
         from weightslab.events.codec import normalise
 
-        with self.transaction() as conn:
-            conn.execute(_EXP.update().where(_EXP.c.experiment_id == experiment_id)
-                         .values(config=normalise(dict(config), "config"), recipe=recipe))
-            row = conn.execute(select(_EXP).where(_EXP.c.experiment_id == experiment_id)).one()
-        return _experiment_row(row)
+        conn.execute(_EXP.update().where(_EXP.c.experiment_id == experiment_id)
+                     .values(config=normalise(dict(config), "config"), recipe=recipe))
+        return _experiment_row(conn.execute(select(_EXP).where(_EXP.c.experiment_id == experiment_id)).one())
 
     # -- read-only SQL -------------------------------------------------------------
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:

@@ -30,6 +30,7 @@ from weightslab.events.observers import Observer, Observers
 from weightslab.events.record import OperationRecord
 from weightslab.ledger.batching import read_tensor_batch, reads_in_batches
 from weightslab.ledger.fingerprint import dataset_fingerprint
+from weightslab.ledger.labels import dataset_labels
 from weightslab.ledger.selection import (
     SamplePredicate,
     check_factor,
@@ -193,6 +194,14 @@ class LedgeredDataset(Dataset):
     def fingerprint(self) -> str:
         """``"<length>:<sha256>"`` of the wrapped dataset's length and a few items (cheap)."""
         return dataset_fingerprint(self._wrapped)
+
+    def record_labels(self) -> bool:
+        """Read every sample's label now (see :mod:`weightslab.ledger.labels`); returns whether they are
+        known (False: the labels are not one integer each, and stay unknown until seen)."""
+        labels = dataset_labels(self._wrapped)
+        if labels is not None:
+            self.stats.record_labels(labels)
+        return labels is not None
 
     def __repr__(self) -> str:
         denied = "?" if self._stats is None else int(self._stats.deny_listed.sum())

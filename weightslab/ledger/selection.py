@@ -78,8 +78,9 @@ def predicate_mask(fn: SamplePredicate, stats: SampleStats) -> np.ndarray:
 
     Arguments are Python scalars: ``id`` int, ``age`` float, ``loss`` float,
     ``times`` int, ``denied`` bool, ``pred`` and ``label`` int; never-seen
-    samples get NaN for age, loss, pred and label, so comparisons like
-    ``loss <= 1.5`` are False for them.
+    samples get NaN for age, loss and pred (and label, unless the labels were
+    read when the experiment was created), so comparisons like ``loss <= 1.5``
+    are False for them.
 
     Raises:
         ConfigurationError: ``fn`` is not callable.
@@ -118,7 +119,7 @@ def _predicate_arguments(stats: SampleStats) -> Iterable[tuple[Any, ...]]:
     if unseen.any():
         pred_obj, label_obj = np.array(pred, dtype=object), np.array(label, dtype=object)
         pred_obj[unseen] = math.nan
-        label_obj[unseen] = math.nan
+        label_obj[stats.label_unknown()] = math.nan
         pred, label = pred_obj.tolist(), label_obj.tolist()
     return zip(
         range(stats.size),

@@ -30,7 +30,7 @@ STAT_COLUMNS: dict[str, np.dtype] = {
     "label": np.dtype(np.int32),
 }
 
-#: Columns that are null (NaN) while a sample has never been seen.
+#: Columns that are null (NaN) while a sample has never been seen (the label: unless labels are known).
 _NULL_BEFORE_SEEN = frozenset({"prediction_age", "prediction_loss", "prediction", "label"})
 
 
@@ -56,6 +56,28 @@ class SampleStats:
         self.label = np.zeros(size, np.int32)
         self._dirty = np.zeros(size, np.bool_)
         self._log = PassLog(np.int32 if size <= np.iinfo(np.int32).max else np.int64)
+        #: Every sample's label was read when the experiment was created (:meth:`record_labels`); otherwise
+        #: a label is known once its sample has been seen.
+        self.labels_known = False
+
+    def record_labels(self, labels: np.ndarray) -> None:
+        """Know every sample's label from the start (read from the dataset when the experiment is created).
+
+        Raises:
+            LedgerError: not one integer label per sample (nothing is changed).
+        """
+        values = np.asarray(labels)
+        if values.shape != (self.size,) or values.dtype.kind not in "iub":
+            raise LedgerError(f"record_labels needs one integer label per sample ({self.size}), got "
+                              f"{values.dtype} {values.shape}")
+        if len(values) and (values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max):
+            raise LedgerError("labels must fit in 32-bit integers (classification)")
+        self.label = values.astype(np.int32)
+        self.labels_known = True
+
+    def label_unknown(self) -> np.ndarray:
+        """Bool mask of samples whose label is not known (never seen, when labels were not read up front)."""
+        return np.zeros(self.size, np.bool_) if self.labels_known else self.exposure_amount == 0
 
     # ------------------------------------------------------------------ update
 
@@ -155,8 +177,10 @@ class SampleStats:
             values = getattr(self, name).astype(np.float64)
             values[unseen] = np.nan
             return values
-        if name in ("prediction", "label"):
-            return pd.arrays.IntegerArray(getattr(self, name).astype(np.int64), unseen)
+        if name == "label":
+            return pd.arrays.IntegerArray(self.label.astype(np.int64), self.label_unknown())
+        if name == "prediction":
+            return pd.arrays.IntegerArray(self.prediction.astype(np.int64), unseen)
         return getattr(self, name).astype(np.int64 if name == "exposure_amount" else np.bool_)
 
     def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -164,12 +188,13 @@ class SampleStats:
         as fresh arrays; float columns hold NaN for null (a never-seen sample's age, loss, prediction
         and label)."""
         unseen = self.exposure_amount[ids] == 0
+        no_label = unseen if not self.labels_known else np.zeros_like(unseen)
         out: dict[str, np.ndarray] = {"sample_id": np.asarray(ids, dtype=np.int64)}
         for name in STAT_COLUMNS:
             values = getattr(self, name)[ids]
             if name in _NULL_BEFORE_SEEN:
                 values = values.astype(np.float64)
-                values[unseen] = np.nan
+                values[no_label if name == "label" else unseen] = np.nan
             out[name] = values
         return out
 
