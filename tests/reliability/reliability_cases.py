@@ -105,6 +105,10 @@ for name, bad, hint in [("zero", 0, "at least 1"), ("negative", -2, "at least 1"
                         ("str", "2", "pass an int"), ("none", None, "pass an int")]:
     add(f"{M}add_neurons/neuron_count={name}", lambda v, b=bad: v.exp.model.add_neurons(layer_index=0, neuron_count=b),
         IndexSelectionError, hint)
+add(f"{M}add_neurons/neuron_count=10**12", lambda v: v.exp.model.add_neurons(layer_index=0, neuron_count=10**12),
+    IndexSelectionError, r"at most 65536 neurons.*Add fewer neurons")
+add(f"{M}set_seed_source/not-callable", lambda v: v.exp.model.set_seed_source(42), ConfigurationError,
+    "function")
 add(f"{M}add_neurons/seed=-1", lambda v: v.exp.model.add_neurons(layer_index=0, neuron_count=1, seed=-1),
     ConfigurationError, r"0\.\.2\*\*63-1")
 add(f"{M}add_neurons/seed=str", lambda v: v.exp.model.add_neurons(layer_index=0, neuron_count=1, seed="x"),
@@ -381,6 +385,24 @@ add(f"{S}read_snapshot/unknown", lambda v: _store(v).read_snapshot(99999), Store
 add(f"{S}blobs.get/unknown", lambda v: _store(v).blobs.get("0" * 64), BlobNotFoundError, "missing")
 add(f"{S}blobs.get/path", lambda v: _store(v).blobs.get("../../etc/passwd"), IntegrityError, "refusing it")
 add(f"{S}query/write", lambda v: _store(v).query("DELETE FROM blobs"), ConfigurationError, "read-only")
+add(f"{S}open/read-only-missing", lambda v: Store_open(v.tmp / "nowhere", read_only=True), StoreUnavailableError,
+    "no store at")
+def _write_read_only(v: Victim) -> None:
+    store = Store_open(v.target, read_only=True)
+    try:
+        with store.transaction():
+            pass
+    finally:
+        store.close()
+
+
+add(f"{S}open(read_only).transaction", _write_read_only, StoreError, "opened read-only")
+
+
+def Store_open(target: Any, **kw: Any) -> Any:  # noqa: N802 - reads as the call it makes
+    from weightslab.history.store import Store
+
+    return Store.open(target, **kw)
 
 
 def _open(target: Any) -> None:
@@ -420,6 +442,9 @@ add(f"{R}replica/unknown-experiment",
 add(f"{R}load_recipe/malformed", _replay("load_recipe", "not a recipe"), ReplayError, "package.module:function")
 add(f"{R}load_recipe/missing-module", _replay("load_recipe", "no_such_module_xyz:fn"), ReplayError,
     "Install the package")
+add(f"{R}replay_to/live-experiment", lambda v: v.exp.replay_to(1), ReplayError, r"exp\.load\(checkpoint_id\)")
+CASES.append(Case(f"{R}replica.train_n_steps/read-only",
+                  lambda v, rep: rep.train_n_steps(1), ReplayError, "read-only replica", _replica))
 CASES.append(Case(f"{R}replay_to/unknown-seq",
                   lambda v, rep: __import__("weightslab.experiment.replica").experiment.replica.replay_to(rep, 99999),
                   ReplayError, r"outside the event log of 'victim' \(1\.\.\d+\)", _replica))
@@ -449,3 +474,4 @@ add(f"{C}diff/unknown-checkpoint", cli("diff", "victim", "0", "99"), CliRefusal,
 add(f"{C}events/unknown-from-seq", cli("events", "victim", "--from", "99999"), CliRefusal, r"which has events 1\.\.")
 add(f"{C}events/unknown-to-seq", cli("events", "victim", "--to", "0"), CliRefusal, r"which has events 1\.\.")
 add(f"{C}sql/write", cli("sql", "DELETE FROM events"), CliRefusal, "read-only")
+add(f"{C}audit/expect-head-without-name", cli("audit", "--expect-head", "0" * 64), CliRefusal, "give its NAME too")
