@@ -27,6 +27,9 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from weightslab.errors import EventPayloadError
+from weightslab.events import payload
+from weightslab.events.payload import ARGS, BOOL, FLOAT, HASHES, INT, INTS, JSON, OBJ, RESULT, STR, STRS
+from weightslab.events.payload import field as _f
 
 __all__ = [
     "EVENT_CLASSES",
@@ -56,23 +59,6 @@ __all__ = [
 ]
 
 E = TypeVar("E", bound="DomainEvent")
-
-# Where a field lives in the payload: at the top, under "args" or under "result".
-_TOP, _ARGS, _RESULT = "", "args", "result"
-# Value types, checked when decoding ("?" suffix: may be null).
-INT, FLOAT, STR, BOOL, INTS, STRS, HASHES, OBJ, JSON = (
-    "int", "float", "str", "bool", "ints", "strs", "hashes", "obj", "json")
-
-
-def _f(kind: str, where: str = _TOP, *, default: Any = dataclasses.MISSING, omit_none: bool = False) -> Any:
-    """A payload field: its value type, its place (top, args, result), and whether a None is left out."""
-    meta = {"type": kind.rstrip("?"), "optional": kind.endswith("?"), "where": where, "omit_none": omit_none}
-    if default is dataclasses.MISSING:
-        return dataclasses.field(metadata=meta)
-    if isinstance(default, dict | list):
-        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
-
 
 def _ids(values: Any, limit: int = 8) -> str:
     vals = list(values or [])
@@ -123,102 +109,19 @@ class DomainEvent:
         """A one-line description for listings and the lineage tree."""
         return self.KIND
 
-    # -- encoding ---------------------------------------------------------------------------------------
+    # -- encoding (weightslab/events/payload.py) ---------------------------------------------------------
     def to_payload(self) -> dict[str, Any]:
         """The JSON payload that is stored (and hashed) for this event."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("state", "blobs") and not value:
-                continue
-            if value is None and f.metadata["omit_none"]:
-                continue
-            where = f.metadata["where"]
-            (out.setdefault(where, {}) if where else out)[f.name] = _plain(value)
-        for where in (_ARGS, _RESULT):
-            if _places(type(self)).get(where):
-                out.setdefault(where, {})
-        if self.VERSION > 1:
-            out["v"] = self.VERSION
-        return out
+        return payload.encode(self, self.VERSION)
 
     @classmethod
-    def from_payload(cls: type[E], payload: Mapping[str, Any]) -> E:
+    def from_payload(cls: type[E], body: Mapping[str, Any]) -> E:
         """Decode a payload of this kind at :attr:`VERSION` (see :func:`decode`, which upcasts first).
 
         Raises:
             EventPayloadError: an unknown key, a missing field or a value of the wrong type.
         """
-        places = _places(cls)
-        values: dict[str, Any] = {}
-        for where in (_TOP, _ARGS, _RESULT):
-            part = payload if not where else payload.get(where, {})
-            if not isinstance(part, Mapping):
-                raise EventPayloadError(f"{cls.KIND} event: {where!r} must be an object, got {type(part).__name__}")
-            for key, value in part.items():
-                if not where and key in (_ARGS, _RESULT) and places.get(key):
-                    continue
-                f = places.get(where, {}).get(key)
-                if f is None:
-                    raise EventPayloadError(
-                        f"{cls.KIND} event (version {cls.VERSION}) has an unknown key "
-                        f"{(where + '.' if where else '') + key!r}: it was written by another version of "
-                        "WeightsLab, or changed outside it")
-                values[key] = _check(cls.KIND, key, value, f.metadata)
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        if missing:
-            raise EventPayloadError(f"{cls.KIND} event lacks {', '.join(missing)}; the store is damaged")
-        return cls(**values)
-
-
-def _places(cls: type) -> dict[str, dict[str, dataclasses.Field[Any]]]:
-    out: dict[str, dict[str, dataclasses.Field[Any]]] = {}
-    for f in dataclasses.fields(cls):
-        out.setdefault(f.metadata["where"], {})[f.name] = f
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-_CHECKS: dict[str, Callable[[Any], bool]] = {
-    INT: _is_int,
-    FLOAT: lambda v: isinstance(v, int | float) and not isinstance(v, bool),  # JSONB may give 1e16 as an int
-    STR: lambda v: isinstance(v, str),
-    BOOL: lambda v: isinstance(v, bool),
-    INTS: lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
-    STRS: lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-    HASHES: lambda v: isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()),
-    OBJ: lambda v: isinstance(v, Mapping),
-    JSON: lambda v: True,
-}
-
-
-def _check(kind: str, key: str, value: Any, meta: Mapping[str, Any]) -> Any:
-    t = meta["type"]
-    if value is None:
-        if meta["optional"]:
-            return None
-        raise EventPayloadError(f"{kind} event: {key} is null, expected {t}")
-    if not _CHECKS[t](value):
-        raise EventPayloadError(f"{kind} event: {key} is {str(value)[:80]!r}, expected {t}")
-    if t == FLOAT:
-        return float(value)
-    if t in (INTS, STRS):
-        return tuple(value)
-    if t in (HASHES, OBJ):
-        return dict(value)
-    return value
+        return cls(**payload.fields_of(cls, cls.KIND, cls.VERSION, body))
 
 
 # -- lifecycle ------------------------------------------------------------------------------------------------
@@ -389,12 +292,12 @@ class EditEvent(DomainEvent):
 
     METHOD: ClassVar[str] = ""
 
-    changed: tuple[str, ...] = _f(STRS, _RESULT, default=())  # qualified names of the layers it changed
+    changed: tuple[str, ...] = _f(STRS, RESULT, default=())  # qualified names of the layers it changed
 
     def call_args(self) -> dict[str, Any]:
         """The keyword arguments that re-execute the edit exactly (its recorded seed included)."""
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self) if f.metadata["where"] == _ARGS}
+                for f in dataclasses.fields(self) if f.metadata["where"] == ARGS}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -404,10 +307,10 @@ class NeuronsAdded(EditEvent):
     KIND: ClassVar[str] = "add_neurons"
     METHOD: ClassVar[str] = "add_neurons"
 
-    layer_index: int = _f(INT, _ARGS)
-    neuron_count: int = _f(INT, _ARGS)
-    seed: int | None = _f(INT + "?", _ARGS, default=None, omit_none=True)
-    widths: tuple[int, ...] = _f(INTS, _RESULT, default=())
+    layer_index: int = _f(INT, ARGS)
+    neuron_count: int = _f(INT, ARGS)
+    seed: int | None = _f(INT + "?", ARGS, default=None, omit_none=True)
+    widths: tuple[int, ...] = _f(INTS, RESULT, default=())
 
     def summary(self) -> str:
         return f"add {self.neuron_count} neurons to layer {self.layer_index}"
@@ -420,9 +323,9 @@ class NeuronsPruned(EditEvent):
     KIND: ClassVar[str] = "prune"
     METHOD: ClassVar[str] = "prune"
 
-    layer_index: int = _f(INT, _ARGS)
-    neuron_indices: tuple[int, ...] = _f(INTS, _ARGS)
-    widths: tuple[int, ...] = _f(INTS, _RESULT, default=())
+    layer_index: int = _f(INT, ARGS)
+    neuron_indices: tuple[int, ...] = _f(INTS, ARGS)
+    widths: tuple[int, ...] = _f(INTS, RESULT, default=())
 
     def summary(self) -> str:
         return f"prune layer {self.layer_index} {_ids(self.neuron_indices)}"
@@ -435,10 +338,10 @@ class NeuronsReinitialized(EditEvent):
     KIND: ClassVar[str] = "reinit_neurons"
     METHOD: ClassVar[str] = "reinit_neurons"
 
-    layer_index: int = _f(INT, _ARGS)
-    neuron_indices: tuple[int, ...] = _f(INTS, _ARGS)
-    perturbation_ratio: float | None = _f(FLOAT + "?", _ARGS, default=None)
-    seed: int | None = _f(INT + "?", _ARGS, default=None, omit_none=True)
+    layer_index: int = _f(INT, ARGS)
+    neuron_indices: tuple[int, ...] = _f(INTS, ARGS)
+    perturbation_ratio: float | None = _f(FLOAT + "?", ARGS, default=None)
+    seed: int | None = _f(INT + "?", ARGS, default=None, omit_none=True)
 
     def summary(self) -> str:
         how = f" (perturbation {self.perturbation_ratio})" if self.perturbation_ratio is not None else ""
@@ -451,9 +354,9 @@ class _LearningRateSet(EditEvent):
 
     WHAT: ClassVar[str] = ""
 
-    layer_index: int = _f(INT, _ARGS)
-    neuron_indices: tuple[int, ...] = _f(INTS, _ARGS)
-    lr: float = _f(FLOAT, _ARGS)
+    layer_index: int = _f(INT, ARGS)
+    neuron_indices: tuple[int, ...] = _f(INTS, ARGS)
+    lr: float = _f(FLOAT, ARGS)
 
     def summary(self) -> str:
         return f"lr ×{self.lr} for layer {self.layer_index} {self.WHAT} {_ids(self.neuron_indices)}"
@@ -484,7 +387,7 @@ class LayersFrozen(EditEvent):
     KIND: ClassVar[str] = "freeze"
     METHOD: ClassVar[str] = "freeze_layers_up_to_idx"
 
-    up_to_index: int = _f(INT, _ARGS)
+    up_to_index: int = _f(INT, ARGS)
 
     def summary(self) -> str:
         return f"freeze layers 0..{self.up_to_index}"
@@ -497,7 +400,7 @@ class LayersUnfrozen(EditEvent):
     KIND: ClassVar[str] = "unfreeze"
     METHOD: ClassVar[str] = "unfreeze_layers_from_idx"
 
-    from_index: int = _f(INT, _ARGS)
+    from_index: int = _f(INT, ARGS)
 
     def summary(self) -> str:
         return f"unfreeze layers {self.from_index}.."
@@ -511,14 +414,14 @@ class SampleEvent(DomainEvent):
     blob ``blobs["ids"]`` instead (then ``ids`` is None)."""
 
     split: str = _f(STR, default="train")
-    ids: tuple[int, ...] | None = _f(INTS + "?", _ARGS, default=None, omit_none=True)
-    mode: str | None = _f(STR + "?", _ARGS, default=None, omit_none=True)  # predicate, sampled, where, ids, all
-    query: str | None = _f(STR + "?", _ARGS, default=None, omit_none=True)
-    allow_to_denied_factor: float | None = _f(FLOAT + "?", _ARGS, default=None, omit_none=True)
-    seed: int | None = _f(INT + "?", _ARGS, default=None, omit_none=True)
-    changed: int = _f(INT, _RESULT, default=0)
-    matching: int | None = _f(INT + "?", _RESULT, default=None, omit_none=True)
-    kept_allowed: int | None = _f(INT + "?", _RESULT, default=None, omit_none=True)
+    ids: tuple[int, ...] | None = _f(INTS + "?", ARGS, default=None, omit_none=True)
+    mode: str | None = _f(STR + "?", ARGS, default=None, omit_none=True)  # predicate, sampled, where, ids, all
+    query: str | None = _f(STR + "?", ARGS, default=None, omit_none=True)
+    allow_to_denied_factor: float | None = _f(FLOAT + "?", ARGS, default=None, omit_none=True)
+    seed: int | None = _f(INT + "?", ARGS, default=None, omit_none=True)
+    changed: int = _f(INT, RESULT, default=0)
+    matching: int | None = _f(INT + "?", RESULT, default=None, omit_none=True)
+    kept_allowed: int | None = _f(INT + "?", RESULT, default=None, omit_none=True)
 
     def summary(self) -> str:
         return f"{self.KIND} {self.changed} {self.split} samples" + (f" ({self.mode})" if self.mode else "")
@@ -584,7 +487,7 @@ def event_class(kind: str) -> type[DomainEvent]:
     return cls
 
 
-def decode(kind: str, payload: Mapping[str, Any]) -> DomainEvent:
+def decode(kind: str, stored: Mapping[str, Any]) -> DomainEvent:
     """The typed event of a stored ``(kind, payload)``, upcast to the current version.
 
     Raises:
@@ -596,11 +499,11 @@ def decode(kind: str, payload: Mapping[str, Any]) -> DomainEvent:
         (1,)
     """
     cls = event_class(kind)
-    if not isinstance(payload, Mapping):
-        raise EventPayloadError(f"{kind} event: payload is a {type(payload).__name__}, expected an object")
-    body = dict(payload)
+    if not isinstance(stored, Mapping):
+        raise EventPayloadError(f"{kind} event: payload is a {type(stored).__name__}, expected an object")
+    body = dict(stored)
     version = body.pop("v", 1)
-    if not _is_int(version) or version < 1:
+    if not payload.is_int(version) or version < 1:
         raise EventPayloadError(f"{kind} event: version {version!r} is not a positive integer")
     if version > cls.VERSION:
         raise EventPayloadError(

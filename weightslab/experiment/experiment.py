@@ -20,9 +20,7 @@ which is all its helpers (recorder, checkpoints, replay, statistics, TensorBoard
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,106 +30,36 @@ import numpy as np
 import pandas as pd
 import torch
 
-from weightslab import __version__
 from weightslab.errors import ConfigurationError, ReplayError
 from weightslab.events.domain import Evaluated, ExperimentCreated, StepsTrained
 from weightslab.events.record import OperationRecord
 from weightslab.experiment import allocator, environment
+from weightslab.experiment.build import (
+    build_runtime,
+    check_arguments,
+    check_device,
+    code_version,
+    derived_seed,
+)
 from weightslab.experiment.checkpoints import CheckpointManager, write_state
 from weightslab.experiment.config import ExperimentConfig
 from weightslab.experiment.criterion import Criterion, default_criterion
-from weightslab.experiment.loaders import Batches
 from weightslab.experiment.loops import eval_loop, train_loop, train_start_state
 from weightslab.experiment.recorder import Recorder
 from weightslab.experiment.replay import Replayer, ReplayOutcome, ResumeReport, check_same_data, reopen
-from weightslab.experiment.runtime import Runtime, Split
 from weightslab.experiment.statistics import Statistics
 from weightslab.experiment.tensorboard import Board
 from weightslab.history.audit import log_frame
 from weightslab.history.log import walk
 from weightslab.history.store import Store
-from weightslab.ledger import LedgeredDataset, LedgerSampler
 from weightslab.surgery import NetworkWithOps
 
 __all__ = ["Experiment"]
 
 
-def _code_version() -> str:
-    """weightslab version, plus the git revision of the user's working tree when there is one."""
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=2, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rev = ""
-    return f"weightslab {__version__}" + (f" git {rev}" if rev else "")
-
-
-def derived_seed(seed: int, seq: int) -> int:
-    """The seed of the random draws of the event ``seq`` of an experiment seeded ``seed`` (when the caller
-    passes none): the same script gives the same history."""
-    digest = hashlib.sha256(f"weightslab.seed/{seed}/{seq}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 62) - 1)
-
-
 def _finite_or_none(value: float) -> float | None:
     """A diverged run's NaN/inf loss is recorded as null: the event must be written all the same."""
     return value if np.isfinite(value) else None
-
-
-def _check_device(device: Any) -> torch.device:
-    """``device`` as a torch.device that exists on this machine, else ConfigurationError."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise ConfigurationError(f"device {device!r} is not a device: use e.g. device='cpu' or 'cuda' ({e})") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(f"device {device!r} is not available on this machine (no CUDA); use device='cpu'")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigurationError(f"device {device!r} is not available on this machine; use device='cpu'")
-    return dev
-
-
-def _check_arguments(model: Any, optimizer_class: Any, train_dataset: Any, eval_dataset: Any, name: Any,
-                     recipe: Any) -> None:
-    if not isinstance(model, NetworkWithOps):
-        raise ConfigurationError(
-            f"model must be a weightslab.NetworkWithOps, got {type(model).__name__}. Build it from the "
-            "*WithNeuronOps layers, or convert an existing model: model = weightslab.convert_to_ops(model)"
-        )
-    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
-        raise ConfigurationError(
-            f"optimizer_class must be a torch.optim.Optimizer subclass such as optim.Adam, got {optimizer_class!r}"
-        )
-    for what, ds in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-        try:
-            n = len(ds)
-        except TypeError as e:
-            raise ConfigurationError(f"{what} must be a map-style dataset with a length") from e
-        if n == 0:
-            raise ConfigurationError(f"{what} is empty: an experiment needs at least one sample in each split")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
-    if recipe is not None and (not isinstance(recipe, str) or ":" not in recipe):
-        raise ConfigurationError(f"recipe must look like 'package.module:function', got {recipe!r}")
-
-
-def _runtime(name: str, model: NetworkWithOps, optimizer_class: type[torch.optim.Optimizer], train_dataset: Any,
-             eval_dataset: Any, device: torch.device, config: ExperimentConfig, criterion: Criterion,
-             store: Store) -> Runtime:
-    """The live objects: the model on its device, its optimizer, both splits and their loaders."""
-    model = model.to(device)
-    try:
-        optimizer = optimizer_class(model.parameters(), lr=config.learning_rate, **config.optimizer_kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigurationError(f"{optimizer_class.__name__}(...) refused its arguments: {e}") from e
-    model.attach_optimizer(optimizer)
-    train_ds, eval_ds = LedgeredDataset(train_dataset, "train"), LedgeredDataset(eval_dataset, "eval")
-    train = Split("train", train_ds, LedgerSampler(train_ds, seed=config.seed, shuffle=True))
-    evals = Split("eval", eval_ds, LedgerSampler(eval_ds, seed=config.seed, shuffle=False))
-    batches = Batches((train.ledger, train.sampler), (evals.ledger, evals.sampler), batch_size=config.batch_size,
-                      eval_batch_size=config.eval_batch_size or config.batch_size, num_workers=config.num_workers,
-                      seed=config.seed, device=device)
-    return Runtime(name, model, optimizer, device, config, criterion, train, evals, batches, store)
 
 
 class Experiment:
@@ -199,18 +127,18 @@ class Experiment:
             eval_every=eval_every, num_workers=num_workers, optimizer_kwargs=dict(optimizer_kwargs or {}),
             progress=progress,
         )
-        _check_arguments(model, optimizer_class, train_dataset, eval_dataset, name, recipe)
+        check_arguments(model, optimizer_class, train_dataset, eval_dataset, name, recipe)
         self.allocator = allocator.for_experiment()  # opt-in: weightslab.tune_malloc() / WEIGHTSLAB_TUNE_MALLOC=1
         self.name, self.recipe = name, recipe
-        device = _check_device(device)
+        device = check_device(device)
         owned = not isinstance(store, Store)
         opened = Store.open(store) if owned else store
         try:
-            rt = self._rt = _runtime(name, model, optimizer_class, train_dataset, eval_dataset, device,
+            rt = self._rt = build_runtime(name, model, optimizer_class, train_dataset, eval_dataset, device,
                                      self.config, criterion or default_criterion, opened)
             rt.probe_criterion()
             self._statistics = Statistics(rt)
-            self._recorder = Recorder(opened, 0, 0, "" if _replica else _code_version(), fingerprint=rt.fingerprint,
+            self._recorder = Recorder(opened, 0, 0, "" if _replica else code_version(), fingerprint=rt.fingerprint,
                                       statistics=self._statistics, detached=_replica)
             self.chkpt_manager = CheckpointManager(rt, self._recorder, self._statistics)
             self.chkpt_manager.guard = self._write_ahead
