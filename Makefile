@@ -24,7 +24,7 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
-## bench: the benchmark suite (figures in the README)
+## bench: the benchmark suite (the current table: docs/benchmarks.md)
 bench: $(BIN)/.installed
 	$(BIN)/python tools/bench.py
 

@@ -468,7 +468,7 @@ def main() -> None:
     ap.add_argument("--json", default="bench.json", help="where to write the results (default bench.json)")
     args = ap.parse_args()
     args.reps = args.reps or (2 if args.quick else 7)
-    # The first Experiment of a process tunes glibc's malloc for the whole process. Doing it before
+    # glibc's malloc tuning is process-wide and opt-in (weightslab.tune_malloc()); applying it before
     # anything is timed gives every run of both sides the same allocator (WEIGHTSLAB_TUNE_MALLOC=0: neither).
     allocator = tune_malloc()
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, " \
