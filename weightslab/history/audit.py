@@ -33,7 +33,7 @@ from weightslab.events.domain import (
     CheckpointLoaded,
     ExperimentCreated,
     ExperimentResumed,
-    RecordedEvent,
+    UndecodedEvent,
 )
 from weightslab.history.blobs import check_hash
 from weightslab.history.eventlog import ChainReport
@@ -261,19 +261,16 @@ def _read_log(store: Store, exp: Any) -> tuple[ChainReport, Log | None]:
     payload is not JSON any more or does not decode into its event class)."""
     try:
         chain = store.verify_chain(exp.experiment_id)
-        rows = store.events(exp.experiment_id)
+        log = walk(store, exp, strict=False)
     except (ValueError, EventPayloadError) as e:  # a payload that is not a JSON object any more
         return ChainReport(False, store.last_seq(exp.experiment_id), _first_undecodable_seq(store, exp.experiment_id),
                            f"its payload cannot be decoded ({e})"), None
-    records = []
-    for row in rows:
-        try:
-            records.append(RecordedEvent.from_row(row))
-        except EventPayloadError as e:
-            if chain.ok or (chain.first_bad_seq or 0) > row.seq:
-                chain = ChainReport(False, chain.events, row.seq, f"its payload does not decode ({e})")
-            return chain, None
-    return chain, Log.of(exp.name, exp.experiment_id, records)
+    bad = next((e for e in log if isinstance(e.event, UndecodedEvent)), None)
+    if bad is None:
+        return chain, log
+    if chain.ok or (chain.first_bad_seq or 0) > bad.seq:
+        chain = ChainReport(False, chain.events, bad.seq, f"its payload does not decode ({bad.event.summary()})")
+    return chain, None
 
 
 def _first_undecodable_seq(store: Store, experiment_id: int) -> int | None:
