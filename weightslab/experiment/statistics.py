@@ -34,7 +34,7 @@ class Statistics:
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
         self._snapshots = SnapshotWriter(rt.store.blobs)
-        self._history: list[pd.DataFrame] = []  # per-pass rows awaiting the next snapshot
+        self._history: list[tuple[str, dict[str, np.ndarray]]] = []  # per-pass rows awaiting the next snapshot
         self._in_snapshot = 0  # how many of them the snapshot being written holds
 
     def neuron_counters(self) -> list[NeuronCounters]:
@@ -54,13 +54,12 @@ class Statistics:
 
     # -- the per-pass history ------------------------------------------------------------------------
     def keep_history(self) -> None:
-        """Move the ledgers' per-pass rows into the buffer the next snapshot writes."""
+        """Move the ledgers' per-pass rows into the buffer the next snapshot writes (as arrays: the frame
+        is built once, when the snapshot is written)."""
         for split in self._rt.splits:
             h = split.ledger.drain_history()
             if len(h.get("sample_id", [])):
-                df = pd.DataFrame(h)
-                df.insert(0, "split", split.name)
-                self._history.append(df)
+                self._history.append((split.name, h))
 
     def discard_history(self) -> None:
         """Drop the ledgers' per-pass rows not kept yet (they describe work that was undone)."""
@@ -78,7 +77,8 @@ class Statistics:
         self.keep_history()
         self._in_snapshot = len(self._history)
         if self._history:
-            frame = pd.concat(self._history, ignore_index=True)
+            frame = pd.concat([pd.DataFrame(h).assign(split=name) for name, h in self._history], ignore_index=True)
+            frame = frame[["split", *(c for c in frame.columns if c != "split")]]
             store.write_snapshot(eid, "sample_history", seq, frame, conn=conn)
 
     def snapshots_committed(self) -> None:
