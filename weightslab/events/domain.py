@@ -131,7 +131,8 @@ class ExperimentCreated(DomainEvent):
     """The experiment was created: its settings, its data sets' fingerprints, the environment it runs in
     (what changes floating-point results) and its initial state.
 
-    Version 2 added ``environment`` and ``labels_known`` (every sample's label read at creation).
+    Version 2 added ``environment``, ``labels_known`` (every sample's label read at creation) and
+    ``fingerprint`` (the version of the experiment's state fingerprints).
     """
 
     KIND: ClassVar[str] = "create"
@@ -151,6 +152,7 @@ class ExperimentCreated(DomainEvent):
     recipe: str | None = _f(STR + "?", default=None, omit_none=True)
     environment: Mapping[str, Any] | None = _f(OBJ + "?", default=None)  # None: not recorded (version 1)
     labels_known: bool = _f(BOOL, default=False)
+    fingerprint: int = _f(INT, default=1)  # what state fingerprints cover (history/manifest.state_digest)
 
     def restored_manifest(self) -> str:
         return self.initial
@@ -193,8 +195,9 @@ class ExperimentResumed(DomainEvent):
 
 
 def _created_v1(payload: dict[str, Any]) -> dict[str, Any]:
-    """create v1 → v2: the environment was not recorded, labels were read as samples were seen."""
-    return {**payload, "environment": None, "labels_known": False}
+    """create v1 → v2: the environment was not recorded, labels were read as samples were seen, fingerprints
+    covered the tensors only."""
+    return {**payload, "environment": None, "labels_known": False, "fingerprint": 1}
 
 
 def _resumed_v1(payload: dict[str, Any]) -> dict[str, Any]:

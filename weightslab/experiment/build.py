@@ -18,6 +18,7 @@ from weightslab.experiment.config import ExperimentConfig
 from weightslab.experiment.criterion import Criterion
 from weightslab.experiment.loaders import Batches
 from weightslab.experiment.runtime import Runtime, Split
+from weightslab.experiment.training import Step, make_scheduler
 from weightslab.history.store import Store
 from weightslab.ledger import LedgeredDataset, LedgerSampler
 from weightslab.surgery import NetworkWithOps
@@ -80,9 +81,13 @@ def check_arguments(model: Any, optimizer_class: Any, train_dataset: Any, eval_d
 
 
 def build_runtime(name: str, model: NetworkWithOps, optimizer_class: type[torch.optim.Optimizer], train_dataset: Any,
-             eval_dataset: Any, device: torch.device, config: ExperimentConfig, criterion: Criterion,
-             store: Store) -> Runtime:
-    """The live objects: the model on its device, its optimizer, both splits and their loaders."""
+                  eval_dataset: Any, device: torch.device, config: ExperimentConfig, criterion: Criterion,
+                  store: Store, step: Step) -> Runtime:
+    """The live objects: the model on its device, its optimizer (and scheduler, grad scaler), both splits and
+    their loaders."""
+    if config.amp is not None and not torch.amp.is_autocast_available(device.type):
+        raise ConfigurationError(f"amp={config.amp!r} needs autocast, which torch does not offer on {device.type}; "
+                                 "train without amp there")
     model = model.to(device)
     try:
         optimizer = optimizer_class(model.parameters(), lr=config.learning_rate, **config.optimizer_kwargs)
@@ -95,4 +100,7 @@ def build_runtime(name: str, model: NetworkWithOps, optimizer_class: type[torch.
     batches = Batches((train.ledger, train.sampler), (evals.ledger, evals.sampler), batch_size=config.batch_size,
                       eval_batch_size=config.eval_batch_size or config.batch_size, num_workers=config.num_workers,
                       seed=config.seed, device=device)
-    return Runtime(name, model, optimizer, device, config, criterion, train, evals, batches, store)
+    scheduler = make_scheduler(config.scheduler, optimizer)
+    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    return Runtime(name, model, optimizer, device, config, criterion, train, evals, batches, store, step=step,
+                   scheduler=scheduler, scaler=scaler)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from weightslab.errors import IntegrityError, WeightsLabError
+from weightslab.events.codec import normalise
 from weightslab.experiment.rng import capture_rng, restore_rng
 from weightslab.experiment.state import to_tensor
 
@@ -59,6 +60,10 @@ def capture(rt: Runtime, *, rng: bool = True) -> tuple[dict[str, torch.Tensor], 
         "architecture": rt.widths(),
         "model_age": rt.model_age,
     }
+    if rt.fingerprint_version >= 2:  # the JSON part a version-2 fingerprint covers (history/manifest.py)
+        meta.update(fingerprint=rt.fingerprint_version, batch_size=rt.config.batch_size,
+                    scheduler=normalise(rt.scheduler.state_dict(), "scheduler") if rt.scheduler else None,
+                    scaler=dict(rt.scaler.state_dict()) if rt.scaler is not None else None)
     return tensors, meta
 
 
@@ -87,7 +92,7 @@ def restore(rt: Runtime, tensors: dict[str, torch.Tensor], meta: dict[str, Any])
         tuple(live[k].shape) != tuple(v.shape) for k, v in model_sd.items())
     saved_model = {k: v.detach().clone() for k, v in live.items()} if reshaping else None
     saved_optimizer = rt.optimizer.state_dict()  # load_state_dict swaps these tensors out, never writes them
-    saved_rest, _ = capture(rt)  # ledger, sampler and RNG parts are fresh copies
+    saved_rest, saved_meta = capture(rt)  # ledger, sampler and RNG parts are fresh copies
     saved_rest = {k: v for k, v in saved_rest.items() if not k.startswith(("model/", "optim/"))}
     try:
         optimizer_sd = _optimizer_state_dict(tensors, opt_meta)
@@ -95,16 +100,19 @@ def restore(rt: Runtime, tensors: dict[str, torch.Tensor], meta: dict[str, Any])
             _apply_model(rt, model_sd)
             rt.optimizer.load_state_dict(optimizer_sd)
             _apply_data(rt, tensors)
+            _apply_training(rt, meta)
             rt.probe_criterion()  # the resized model must still run: widths that do not chain fail here
         else:
             rt.optimizer.load_state_dict(optimizer_sd)
             _apply_data(rt, tensors)
+            _apply_training(rt, meta)
             _apply_model(rt, model_sd)  # same keys and shapes: an in-place copy that cannot fail
     except Exception as error:  # noqa: BLE001 - whatever failed, put the previous state back, then say so
         if saved_model is not None:
             _apply_model(rt, saved_model)
         rt.optimizer.load_state_dict(saved_optimizer)
         _apply_data(rt, saved_rest)
+        _apply_training(rt, saved_meta)
         if isinstance(error, WeightsLabError):
             raise
         raise IntegrityError(
@@ -131,6 +139,17 @@ def _optimizer_state_dict(tensors: dict[str, torch.Tensor], opt_meta: dict[str, 
     for g in opt_meta["param_groups"]:
         groups.append({k: tuple(v) if k in opt_meta["tuple_keys"] else v for k, v in g.items()})
     return {"state": state, "param_groups": groups}
+
+
+def _apply_training(rt: Runtime, meta: dict[str, Any]) -> None:
+    """The scheduler's and the grad scaler's state, and the batch size (states recorded before fingerprint
+    version 2 hold none of them: what is live stays)."""
+    if meta.get("scheduler") is not None and rt.scheduler is not None:
+        rt.scheduler.load_state_dict(meta["scheduler"])
+    if meta.get("scaler") is not None and rt.scaler is not None:
+        rt.scaler.load_state_dict(meta["scaler"])
+    if meta.get("batch_size") is not None and meta["batch_size"] != rt.config.batch_size:
+        rt.set_batch_size(int(meta["batch_size"]))
 
 
 def _apply_data(rt: Runtime, tensors: dict[str, torch.Tensor]) -> None:

@@ -44,7 +44,7 @@ def write_state(rt: Runtime, conn: Any) -> tuple[str, Fingerprint]:
     manifest = encode_manifest(hashes, meta)
     # the tensors and their manifest in one write (one lookup of the blobs the store already has)
     *_, manifest_hash = rt.store.blobs.put_many(conn, [*encoded, manifest], hashes=[*digests, blob_hash(manifest)])
-    return manifest_hash, Fingerprint.of_hashes(hashes)
+    return manifest_hash, Fingerprint.of_state(hashes, meta)
 
 
 def read_state(store: Store, manifest_hash: str) -> tuple[Manifest, dict[str, torch.Tensor]]:
@@ -150,7 +150,7 @@ class CheckpointManager:
         # tensors. The ledger marked the samples whose statistics the restore changed: only their rows
         # are written again.
         self._recorder.append(CheckpointLoaded(checkpoint_id=checkpoint_id, manifest=manifest_hash),
-                              fingerprint=Fingerprint.of_hashes(manifest.tensors))
+                              fingerprint=Fingerprint(*manifest.fingerprint()))
 
     def lineage(self) -> Lineage:
         """The checkpoint tree, from the event log."""

@@ -22,6 +22,11 @@ class ExperimentConfig:
     num_workers: int = 0  # DataLoader workers (ids travel with the batch; stats stay here)
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)  # extra optimizer arguments
     progress: bool | None = None  # tqdm bars: None = only when stderr is a terminal
+    step: str | None = None  # "package.module:function" of a custom training step; None: the built-in one
+    grad_clip: dict[str, Any] | None = None  # {"kind": "norm" | "value", "limit": x}: clip before each step
+    accumulate: int = 1  # batches per optimizer step
+    amp: str | None = None  # "bf16" | "fp16": autocast (fp16 with a GradScaler); None: full precision
+    scheduler: dict[str, Any] | None = None  # {"class", "kwargs", "interval": "batch" | "epoch"}
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: Any, allow_none: bool = False) -> None:
@@ -41,6 +46,9 @@ class ExperimentConfig:
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, numbers.Integral) \
                 or self.num_workers < 0:
             raise ConfigurationError(f"num_workers must be an integer ≥ 0, got {self.num_workers!r}")
+        positive_int("accumulate", self.accumulate)
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ConfigurationError(f"amp must be 'bf16', 'fp16' or None, got {self.amp!r}")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

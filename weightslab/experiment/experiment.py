@@ -49,6 +49,7 @@ from weightslab.experiment.recorder import Recorder
 from weightslab.experiment.replay import Replayer, ReplayOutcome, ResumeReport, check_same_data, reopen
 from weightslab.experiment.statistics import Statistics
 from weightslab.experiment.tensorboard import Board
+from weightslab.experiment.training import Step, check_grad_clip, check_scheduler, resolve_step, step_name
 from weightslab.history.audit import log_frame
 from weightslab.history.log import walk
 from weightslab.history.store import Store
@@ -83,6 +84,14 @@ class Experiment:
         progress: show tqdm bars (default: only on a terminal).
         force: reopen even where events to re-execute were recorded with another torch version or
             device (which replay cannot set back); the resume event records the differences accepted.
+        step: the training step, ``"package.module:function"`` or a function (recorded by its qualified
+            name): ``step(model, (inputs, labels, ids), optimizer, ctx) -> (per-sample losses, outputs)``;
+            default: the built-in one (see :mod:`weightslab.experiment.training`).
+        grad_clip: clip gradients before each optimizer step: a max norm, ``("norm", x)`` or ``("value", x)``.
+        accumulate: batches per optimizer step.
+        amp: ``"bf16"`` or ``"fp16"`` (with a GradScaler): forward and loss under autocast.
+        scheduler: ``(SchedulerClass, kwargs, "batch" | "epoch")``: a learning-rate scheduler stepped per
+            batch (each optimizer step) or per epoch.
 
     Random draws of an operation (new neurons' weights, a sampled deny) are seeded from ``seed`` and
     the event's seq unless the call passes ``seed=``: the same script gives the same history.
@@ -120,12 +129,18 @@ class Experiment:
         recipe: str | None = None,
         progress: bool | None = None,
         force: bool = False,
+        step: str | Step | None = None,
+        grad_clip: float | tuple[str, float] | None = None,
+        accumulate: int = 1,
+        amp: str | None = None,
+        scheduler: Any = None,
         _replica: bool = False,
     ) -> None:
         self.config = ExperimentConfig(
             learning_rate=learning_rate, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
             eval_every=eval_every, num_workers=num_workers, optimizer_kwargs=dict(optimizer_kwargs or {}),
-            progress=progress,
+            progress=progress, step=step_name(step), grad_clip=check_grad_clip(grad_clip), accumulate=accumulate,
+            amp=amp, scheduler=check_scheduler(scheduler),
         )
         check_arguments(model, optimizer_class, train_dataset, eval_dataset, name, recipe)
         self.allocator = allocator.for_experiment()  # opt-in: weightslab.tune_malloc() / WEIGHTSLAB_TUNE_MALLOC=1
@@ -135,7 +150,7 @@ class Experiment:
         opened = Store.open(store) if owned else store
         try:
             rt = self._rt = build_runtime(name, model, optimizer_class, train_dataset, eval_dataset, device,
-                                     self.config, criterion or default_criterion, opened)
+                                          self.config, criterion or default_criterion, opened, resolve_step(step))
             rt.probe_criterion()
             self._statistics = Statistics(rt)
             self._recorder = Recorder(opened, 0, 0, "" if _replica else code_version(), fingerprint=rt.fingerprint,
@@ -216,7 +231,7 @@ class Experiment:
             store.write_sample_rows(row.experiment_id, self._statistics.sample_jobs(everything=True), conn)
             self._recorder.append(ExperimentCreated(
                 name=self.name, initial=manifest, **config, environment=environment.current(rt.device),
-                labels_known=labels_known), fingerprint=fingerprint, conn=conn)
+                labels_known=labels_known, fingerprint=rt.fingerprint_version), fingerprint=fingerprint, conn=conn)
 
     # ------------------------------------------------------------------ what users reach for
 

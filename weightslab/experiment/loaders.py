@@ -46,6 +46,20 @@ class Batches:
         self._eval_iter: Iterator[Any] | None = None
         self._last_train_id = -1
 
+    def set_train_batch_size(self, batch_size: int) -> None:
+        """Build the train loader anew for another batch size (same sampler: the epoch goes on)."""
+        self.sync_train_position()
+        loader = self.train_loader
+        self.train_loader = DataLoader(loader.dataset, batch_size=batch_size, sampler=self._train_sampler,
+                                       num_workers=self.num_workers, pin_memory=loader.pin_memory,
+                                       generator=self.generator, collate_fn=collate)
+        self._train_iter = None
+
+    @property
+    def train_epoch(self) -> int:
+        """Epochs the training sampler has started."""
+        return self._train_sampler.epoch
+
     def _to_device(self, batch: Any) -> Batch:
         inputs, labels, ids = batch
         nb = self.device.type == "cuda"

@@ -14,15 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from weightslab.errors import ConfigurationError
 from weightslab.experiment.batch_results import BatchResults
 from weightslab.experiment.rng import capture_rng
 from weightslab.experiment.state import to_tensor
+from weightslab.experiment.training import StepContext, default_step, no_scheduler_warnings
 from weightslab.surgery import TrackingMode
 
 if TYPE_CHECKING:
     from weightslab.experiment.runtime import Runtime
 
-__all__ = ["LoopResult", "eval_loop", "train_loop", "train_start_state"]
+__all__ = ["LoopResult", "eval_loop", "step_context", "train_loop", "train_start_state"]
 
 #: (mean loss, accuracy, samples) of one loop.
 LoopResult = tuple[float, float, int]
@@ -49,26 +51,52 @@ def _age_now(rt: Runtime) -> int | torch.Tensor:
     return int(age) if age.device.type == "cpu" else age.clone()
 
 
+def step_context(rt: Runtime) -> StepContext:
+    """The context of one training call's steps (see :mod:`~weightslab.experiment.training`)."""
+    clip = rt.config.grad_clip
+    return StepContext(criterion=rt.criterion, device=rt.device, amp=rt.config.amp, scaler=rt.scaler,
+                       accumulate=rt.config.accumulate, grad_clip=(clip["kind"], clip["limit"]) if clip else None,
+                       optimizer=rt.optimizer, model=rt.model)
+
+
 def train_loop(rt: Runtime, n: int) -> LoopResult:
     """Train ``n`` batches, continuing the epoch; returns (mean loss, accuracy, samples)."""
-    model, optimizer, criterion = rt.model, rt.optimizer, rt.criterion
+    model, optimizer = rt.model, rt.optimizer
+    ctx = step_context(rt)
+    per = rt.config.scheduler["interval"] if rt.scheduler is not None else None
     model.train()
     model.tracking_mode = TrackingMode.TRAIN
+    optimizer.zero_grad(set_to_none=True)
     try:
-        with model.batched_trigger_counts(), BatchResults(rt.train.ledger, rt.device) as results:
-            for _ in _progress(rt, range(n), f"train {rt.name}"):
+        with model.batched_trigger_counts(), BatchResults(rt.train.ledger, rt.device) as results, \
+                no_scheduler_warnings():
+            for i in _progress(rt, range(n), f"train {rt.name}"):
+                epoch = rt.batches.train_epoch
                 inputs, labels, ids = rt.batches.next_train()
-                age_at_prediction = _age_now(rt)
-                optimizer.zero_grad(set_to_none=True)
-                output = model(inputs)
-                losses = criterion(output, labels)
-                losses.mean().backward()
-                optimizer.step()
-                results.add(ids, losses, output, labels, age_at_prediction)
+                if per == "epoch" and epoch and rt.batches.train_epoch > epoch:
+                    rt.scheduler.step()  # an epoch ended before this batch
+                ctx.index, ctx.last, ctx.age = i, i == n - 1, _age_now(rt)
+                losses, output = rt.step(model, (inputs, labels, ids), optimizer, ctx)
+                if per == "batch" and ctx.steps_optimizer:
+                    rt.scheduler.step()
+                _check_step(rt, losses, output, ids)
+                results.add(ids, losses, output, labels, ctx.age)
     finally:
         model.tracking_mode = TrackingMode.DISABLED
         rt.batches.sync_train_position()
     return _means(results)
+
+
+def _check_step(rt: Runtime, losses: Any, output: Any, ids: torch.Tensor) -> None:
+    if rt.step is default_step:
+        return
+    n = len(ids)
+    if not isinstance(losses, torch.Tensor) or losses.shape != (n,) or not isinstance(output, torch.Tensor) \
+            or output.shape[:1] != (n,):
+        got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ConfigurationError(
+            f"the step {rt.config.step} must return (per-sample losses of shape ({n},), outputs of {n} rows); "
+            f"got losses {got}. Return the losses before averaging them (reduction='none')")
 
 
 def eval_loop(rt: Runtime, steps: int | None) -> LoopResult:
@@ -79,13 +107,16 @@ def eval_loop(rt: Runtime, steps: int | None) -> LoopResult:
     model.eval()
     model.tracking_mode = TrackingMode.EVAL
     age = rt.model_age
+    autocast = step_context(rt).autocast()
     try:
         with torch.no_grad(), model.batched_trigger_counts(), BatchResults(rt.eval.ledger, rt.device) as results:
             batches = rt.batches.full_eval() if steps is None else (
                 rt.batches.next_eval() for _ in _progress(rt, range(steps), f"eval {rt.name}"))
             for inputs, labels, ids in batches:
-                output = model(inputs)
-                results.add(ids, rt.criterion(output, labels), output, labels, age)
+                with autocast:
+                    output = model(inputs)
+                    losses = rt.criterion(output, labels)
+                results.add(ids, losses, output, labels, age)
     finally:
         model.tracking_mode = TrackingMode.DISABLED
         model.train(was_training)

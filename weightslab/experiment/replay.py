@@ -100,6 +100,7 @@ class Replayer:
         log = walk(self._rt.store, self._rt.store.get_experiment(self._rt.name))
         created = log.entries[0].event if log.entries else None
         if isinstance(created, ExperimentCreated):
+            self._rt.fingerprint_version = created.fingerprint
             for split in self._rt.splits:
                 split.ledger.stats.labels_known = created.labels_known
         return log
@@ -310,6 +311,14 @@ def check_same_data(rt: Runtime, recorded: dict[str, Any]) -> None:
                 f"experiment {rt.name!r} was recorded with a different {split.name} dataset "
                 f"(fingerprint {want}, now {have}); reopen it with the same data, or use a new name"
             )
+    recorded_config = recorded.get("config", {})
+    for option, default in (("step", None), ("grad_clip", None), ("accumulate", 1), ("amp", None),
+                            ("scheduler", None)):
+        want, have = recorded_config.get(option, default), getattr(rt.config, option)
+        if want != have:
+            raise ConfigurationError(
+                f"experiment {rt.name!r} was recorded with {option}={want!r}, not {have!r}: its events replay only "
+                f"with the same training; reopen it with {option}={want!r}, or use a new name")
 
 
 def reopen(rt: Runtime, replayer: Replayer, recorder: Recorder) -> ResumeReport:

@@ -10,6 +10,7 @@ widths and the neuron counters.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,8 @@ from weightslab.experiment.config import ExperimentConfig
 from weightslab.experiment.criterion import Criterion, check_criterion
 from weightslab.experiment.loaders import Batches
 from weightslab.experiment.state import tensor_hashes
-from weightslab.history.manifest import group_hashes, state_hash
+from weightslab.experiment.training import Step, default_step
+from weightslab.history.manifest import state_digest
 from weightslab.history.store import Store
 from weightslab.ledger import LedgeredDataset, LedgerSampler
 from weightslab.surgery import NetworkWithOps, TrackingMode
@@ -50,8 +52,9 @@ class Fingerprint:
     groups: dict[str, str]
 
     @classmethod
-    def of_hashes(cls, hashes: dict[str, str]) -> Fingerprint:
-        return cls(state_hash(hashes), group_hashes(hashes))
+    def of_state(cls, hashes: dict[str, str], meta: dict[str, Any] | None) -> Fingerprint:
+        """Of tensors given by their hashes and the JSON part (see :func:`~weightslab.history.manifest.state_digest`)."""
+        return cls(*state_digest(hashes, meta))
 
 
 @dataclass
@@ -68,7 +71,13 @@ class Runtime:
     eval: Split
     batches: Batches
     store: Store
+    step: Step = default_step
+    scheduler: Any = None  # a torch.optim.lr_scheduler.LRScheduler, stepped per config.scheduler["interval"]
+    scaler: Any = None  # torch.amp.GradScaler of fp16 training
     experiment_id: int = 0  # set once the experiment is created or found in the store
+    #: 2: fingerprints cover the JSON part of the state too (hyper-parameters, scheduler, scaler); 1: the
+    #: tensors only (experiments created before fingerprint version 2; see history/manifest.state_digest)
+    fingerprint_version: int = 2
 
     @property
     def splits(self) -> tuple[Split, Split]:
@@ -95,10 +104,15 @@ class Runtime:
         capture_mod.restore(self, tensors, meta)
         self.batches.drop()
 
+    def set_batch_size(self, batch_size: int) -> None:
+        """Train on batches of ``batch_size`` from the next call on (the epoch goes on where it is)."""
+        self.config = dataclasses.replace(self.config, batch_size=batch_size)
+        self.batches.set_train_batch_size(batch_size)
+
     def fingerprint(self) -> Fingerprint:
-        """The fingerprint of the live state (the tensors' blob hashes, combined)."""
-        tensors, _ = self.capture()
-        return Fingerprint.of_hashes(tensor_hashes(tensors))
+        """The fingerprint of the live state (the tensors' blob hashes, and from version 2 the JSON part)."""
+        tensors, meta = self.capture()
+        return Fingerprint.of_state(tensor_hashes(tensors), meta)
 
     def probe_criterion(self) -> None:
         """Run two samples of each split through model and criterion (nothing is recorded or changed).
@@ -118,12 +132,21 @@ class Runtime:
             for split in self.splits:
                 ds = split.ledger
                 x, y, _ = default_collate([ds[i] for i in range(min(2, len(ds)))])
-                with torch.no_grad():
+                with torch.no_grad(), self._autocast():
                     out = self.model(x.to(self.device))
-                check_criterion(self.criterion, out, y.to(self.device))
+                    check_criterion(self.criterion, out, y.to(self.device))
         finally:
             self.model.train(was_training)
             self.model.tracking_mode = mode
+
+    def _autocast(self) -> Any:
+        if self.config.amp is None:
+            import contextlib
+
+            return contextlib.nullcontext()
+        from weightslab.experiment.training import AMP_DTYPES
+
+        return torch.autocast(device_type=self.device.type, dtype=AMP_DTYPES[self.config.amp])
 
     # -- neuron statistics ----------------------------------------------------------------------------
     def neuron_counters(self) -> list[NeuronCounters]:

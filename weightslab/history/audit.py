@@ -38,7 +38,7 @@ from weightslab.events.domain import (
 from weightslab.history.blobs import check_hash
 from weightslab.history.eventlog import ChainReport
 from weightslab.history.log import Log, LogEntry, walk
-from weightslab.history.manifest import FORMAT, parse_manifest, state_hash
+from weightslab.history.manifest import FORMAT, Manifest, parse_manifest
 from weightslab.history.schema import Checkpoint, Event, Experiment, Snapshot
 from weightslab.history.store import Store
 
@@ -294,7 +294,7 @@ class _BlobChecker:
 
     store: Store
     seen: dict[str, str | None] = field(default_factory=dict)  # hash -> problem (None: intact)
-    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)  # hash -> its tensors, walked
+    manifests: dict[str, Manifest] = field(default_factory=dict)  # hash -> the manifest, walked
 
     def check(self, digest: Any) -> str | None:
         """What is wrong with blob ``digest`` (None: present and intact)."""
@@ -340,19 +340,19 @@ def _walk(log: Log, ckpts: Sequence[Any], snaps: Sequence[Any], checker: _BlobCh
 def _manifest(role: str, digest: Any, recorded: str | None, checker: _BlobChecker) -> Iterator[_Finding]:
     """The manifest blob, then every tensor blob it names (each manifest is walked once)."""
     where = f"{role}: manifest"
-    tensors = checker.manifests.get(digest) if isinstance(digest, str) else None
-    if tensors is None:
+    manifest = checker.manifests.get(digest) if isinstance(digest, str) else None
+    if manifest is None:
         problem, data = checker.read(digest)
         yield where, str(digest), problem
         if data is None:
             return
         try:
-            tensors = parse_manifest(data, str(digest)).tensors
+            manifest = parse_manifest(data, str(digest))
         except IntegrityError as e:
             yield where, str(digest), f"not a {FORMAT} manifest ({e})"
             return
-        for tensor_name in sorted(tensors):
-            yield f"{role}: tensor {tensor_name}", str(tensors[tensor_name]), checker.check(tensors[tensor_name])
-        checker.manifests[digest] = tensors
-    if recorded is not None and state_hash(tensors) != recorded:
+        for tensor_name, blob in sorted(manifest.tensors.items()):
+            yield f"{role}: tensor {tensor_name}", str(blob), checker.check(blob)
+        checker.manifests[digest] = manifest
+    if recorded is not None and manifest.fingerprint()[0] != recorded:
         yield where, str(digest), "its tensors do not hash to the state hash recorded with the event"

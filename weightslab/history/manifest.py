@@ -22,7 +22,8 @@ from typing import Any
 from weightslab.errors import IntegrityError
 from weightslab.events.codec import canonical_json
 
-__all__ = ["FORMAT", "GROUPS", "Manifest", "encode_manifest", "group_hashes", "parse_manifest", "state_hash"]
+__all__ = ["FORMAT", "GROUPS", "Manifest", "encode_manifest", "group_hashes", "parse_manifest", "state_digest",
+           "state_hash"]
 
 FORMAT = "weightslab.state/1"
 #: The state groups, by tensor-name prefix.
@@ -37,11 +38,9 @@ class Manifest:
     tensors: dict[str, str]
     meta: dict[str, Any]
 
-    def state_hash(self) -> str:
-        return state_hash(self.tensors)
-
-    def group_hashes(self) -> dict[str, str]:
-        return group_hashes(self.tensors)
+    def fingerprint(self) -> tuple[str, dict[str, str]]:
+        """The digest and per-group digests of the state this manifest describes (see :func:`state_digest`)."""
+        return state_digest(self.tensors, self.meta)
 
     def check_restorable(self, name: str = "manifest") -> Manifest:
         """Check that ``meta`` has the shape a restore reads (so restoring cannot fail on a missing key).
@@ -118,6 +117,22 @@ def _names_json(hashes: Mapping[str, str]) -> str:
             else:
                 return text
     return canonical_json(dict(hashes))
+
+
+def state_digest(tensor_hashes: Mapping[str, str], meta: Mapping[str, Any] | None) -> tuple[str, dict[str, str]]:
+    """The fingerprint of a state: one digest, and one per group to say what differs.
+
+    Version 1 covers the tensors only. From version 2 on (``meta["fingerprint"]``, recorded by every
+    state of an experiment created since) it covers the JSON part too, as the group ``meta``: the
+    optimizer's hyper-parameters (a learning rate set between calls), the scheduler's and the grad
+    scaler's state, the batch size.
+    """
+    hashes = dict(tensor_hashes)
+    groups: tuple[str, ...] = GROUPS
+    if meta is not None and meta.get("fingerprint", 1) >= 2:
+        hashes["meta/state"] = hashlib.sha256(canonical_json(dict(meta)).encode()).hexdigest()
+        groups = (*GROUPS, "meta")
+    return state_hash(hashes), group_hashes(hashes, groups)
 
 
 def group_hashes(hashes: Mapping[str, str], groups: Iterable[str] = GROUPS) -> dict[str, str]:
