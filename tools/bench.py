@@ -14,6 +14,7 @@ Scenarios:
                    (stable on a noisy machine: the work WeightsLab adds)             (≤ 1.10)
   train_resnet18   converted torchvision ResNet-18, batch 64, 32×32: plain loop vs Experiment (≤ 1.05)
   train_resnet18_cpu  the same in process CPU time with 1 torch thread                 (≤ 1.05)
+  train_resnet18_amp  the same with bf16 autocast + OneCycleLR per batch + norm clipping  (≤ 1.05)
   dump_load        exp.dump()+exp.load() vs torch.save/torch.load of model+optimizer state  (≤ 1.5)
   dump_dedup       bytes written by a dump right after a one-layer edit vs the first dump
   stats_upsert     sample_stats upserts at 10^4, 10^5, 10^6 rows (SQLite, PostgreSQL): linear?
@@ -268,6 +269,54 @@ def scenario_train_resnet18_cpu(args: argparse.Namespace) -> None:
     compare("train resnet18, CPU time, 1 thread", m, 1.05, f"{n_steps} steps, 1 call; process CPU seconds")
 
 
+def _plain_resnet_amp(ds: Dataset, n_steps: int, clock: Clock = time.perf_counter) -> float:
+    """The plain loop a researcher writes for bf16 autocast + OneCycleLR (per batch) + norm clipping."""
+    model = _resnet()
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    sched = optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=n_steps)
+    loader = DataLoader(ds, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    model.train()
+    _settle()
+    t = clock()
+    for x, y in loader:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y, reduction="none")
+        loss.float().mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return clock() - t
+
+
+def _experiment_resnet_amp(ds: Dataset, ev: Dataset, n_steps: int, store: str, clock: Clock = time.perf_counter
+                           ) -> float:
+    exp = Experiment(model=_resnet_ops(), optimizer_class=optim.Adam, train_dataset=ds, eval_dataset=ev,
+                     learning_rate=1e-3, batch_size=64, name=f"b-{uuid.uuid4().hex[:8]}", store=store,
+                     progress=False, criterion=torch.nn.CrossEntropyLoss(reduction="none"), amp="bf16",
+                     grad_clip=1.0, scheduler=(optim.lr_scheduler.OneCycleLR,
+                                               {"max_lr": 1e-2, "total_steps": n_steps}, "batch"))
+    _settle()
+    t = clock()
+    exp.train_n_steps(n_steps)
+    exp.close()
+    elapsed = clock() - t
+    exp.store.close()
+    return elapsed
+
+
+def scenario_train_resnet18_amp(args: argparse.Namespace) -> None:
+    """ResNet-18 with bf16 autocast, OneCycleLR stepped per batch and gradient clipping: the built-in step's
+    options against the plain loop that does the same (issue #21)."""
+    n_steps = 10 if args.quick else 30
+    ds, ev = _resnet_data(n_steps)
+    with tempfile.TemporaryDirectory() as store:
+        _plain_resnet_amp(ds, n_steps)
+        m = alternate(max(3, args.reps), lambda: _plain_resnet_amp(ds, n_steps),
+                      lambda: _experiment_resnet_amp(ds, ev, n_steps, store))
+    compare("train resnet18, bf16+OneCycle+clip", m, 1.05, f"{n_steps} steps, batch 64, 32×32, 1 call")
+
+
 # -- checkpoints ------------------------------------------------------------------------------------
 
 def scenario_dump_load(args: argparse.Namespace) -> None:
@@ -453,6 +502,7 @@ SCENARIOS = {
     "train_tutorial_cpu": scenario_train_tutorial_cpu,
     "train_resnet18": scenario_train_resnet18,
     "train_resnet18_cpu": scenario_train_resnet18_cpu,
+    "train_resnet18_amp": scenario_train_resnet18_amp,
     "dump_load": scenario_dump_load,
     "stats_upsert": scenario_stats_upsert,
     "replay": scenario_replay,

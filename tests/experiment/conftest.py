@@ -26,7 +26,7 @@ def make_exp(digits, store_target, tmp_path):
     def make(name: str = "x0", *, model=None, store=None, **kw) -> Experiment:
         torch.manual_seed(0)
         train_ds, eval_ds = digits
-        args = dict(model=model or MNISTModel(), optimizer_class=optim.Adam, train_dataset=train_ds,
+        args = dict(model=model if model is not None else MNISTModel(), optimizer_class=optim.Adam, train_dataset=train_ds,
                     eval_dataset=eval_ds, device="cpu", learning_rate=1e-2, batch_size=64, name=name,
                     store=store or store_target, tensorboard_dir=str(tmp_path / "tb" / name))
         args.update(kw)

@@ -48,13 +48,16 @@ def run(args: argparse.Namespace) -> int:
         "not_restored": outcome.not_restored, "seconds": round(elapsed, 3),
         "divergence": None if outcome.divergence is None else {
             "seq": outcome.divergence.seq, "kind": outcome.divergence.kind, "parts": outcome.divergence.parts},
-        "error": outcome.error, "forced": outcome.forced, "noted": outcome.noted,
+        "error": outcome.error, "forced": outcome.forced, "noted": outcome.noted, "skipped": outcome.skipped,
     }
     if args.format == "json":
         print_json(result)
     elif outcome.ok:
         print(f"{args.name}: rebuilt the state at seq {outcome.reached} from seq {outcome.base_seq} "
               f"({len(result['replayed'])} events, {elapsed:.1f} s); every recorded fingerprint matches")
+        if outcome.skipped:
+            print(f"    not re-executed (own training loops, restored from the checkpoint after them): "
+                  f"seqs {outcome.skipped}")
     else:
         why = outcome.divergence or outcome.error
         print(f"{args.name}: replay stopped at {why}; not restored: seqs {outcome.not_restored}")

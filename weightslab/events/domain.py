@@ -41,6 +41,7 @@ __all__ = [
     "EventKind",
     "ExperimentCreated",
     "ExperimentResumed",
+    "HyperparametersSet",
     "IncomingNeuronLearningRateSet",
     "LayersFrozen",
     "LayersUnfrozen",
@@ -250,9 +251,14 @@ class CheckpointLoaded(DomainEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class StepsTrained(DomainEvent):
-    """``steps`` training batches ran; ``blobs`` hold the sampler and RNG state they started from."""
+    """``steps`` training batches ran; ``blobs`` hold the sampler and RNG state they started from.
+
+    Version 2 added ``step`` (the step function of a call that ran another than the experiment's) and
+    ``replayable`` (False: the user's own loop ran it, and replay cannot re-execute it).
+    """
 
     KIND: ClassVar[str] = "train"
+    VERSION: ClassVar[int] = 2
 
     steps: int = _f(INT)
     batch_size: int | None = _f(INT + "?", default=None, omit_none=True)
@@ -261,9 +267,12 @@ class StepsTrained(DomainEvent):
     age_after: int = _f(INT)
     loss: float | None = _f(FLOAT + "?", default=None)
     accuracy: float | None = _f(FLOAT + "?", default=None)
+    step: str | None = _f(STR + "?", default=None, omit_none=True)
+    replayable: bool = _f(BOOL, default=True)
 
     def summary(self) -> str:
-        return f"train {self.steps} steps (age {_n(self.age_before)} → {_n(self.age_after)})"
+        how = "" if self.replayable else ", own loop"
+        return f"train {self.steps} steps (age {_n(self.age_before)} → {_n(self.age_after)}{how})"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,6 +294,26 @@ class Evaluated(DomainEvent):
         tail = (f": loss {self.loss:.4f}, accuracy {self.accuracy:.2%}"
                 if self.loss is not None and self.accuracy is not None else "")
         return f"eval {what}{tail}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HyperparametersSet(DomainEvent):
+    """Hyper-parameters were set between calls (those not named kept their values)."""
+
+    KIND: ClassVar[str] = "set_hyperparameters"
+
+    learning_rate: float | None = _f(FLOAT + "?", ARGS, default=None, omit_none=True)
+    weight_decay: float | None = _f(FLOAT + "?", ARGS, default=None, omit_none=True)
+    momentum: float | None = _f(FLOAT + "?", ARGS, default=None, omit_none=True)
+    batch_size: int | None = _f(INT + "?", ARGS, default=None, omit_none=True)
+
+    def values(self) -> dict[str, Any]:
+        """The hyper-parameters it set, by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata["where"] == ARGS and getattr(self, f.name) is not None}
+
+    def summary(self) -> str:
+        return "set " + ", ".join(f"{k} {v}" for k, v in self.values().items())
 
 
 # -- model edits ---------------------------------------------------------------------------------------------
@@ -445,7 +474,7 @@ class SamplesAllowed(SampleEvent):
 EVENT_CLASSES: dict[str, type[DomainEvent]] = {cls.KIND: cls for cls in (
     ExperimentCreated, ExperimentResumed, CheckpointDumped, CheckpointLoaded, StepsTrained, Evaluated,
     NeuronsAdded, NeuronsPruned, NeuronsReinitialized, NeuronLearningRateSet, IncomingNeuronLearningRateSet,
-    LayersFrozen, LayersUnfrozen, SamplesDenied, SamplesAllowed,
+    LayersFrozen, LayersUnfrozen, SamplesDenied, SamplesAllowed, HyperparametersSet,
 )}
 
 
@@ -467,12 +496,14 @@ class EventKind:
     UNFREEZE = LayersUnfrozen.KIND
     DENY = SamplesDenied.KIND
     ALLOW = SamplesAllowed.KIND
+    SET_HYPERPARAMETERS = HyperparametersSet.KIND
 
 
 #: Upcasters: (kind, version) → a function turning a payload of that version into one of the next.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     (ExperimentCreated.KIND, 1): _created_v1,
     (ExperimentResumed.KIND, 1): _resumed_v1,
+    (StepsTrained.KIND, 1): lambda payload: payload,  # v2 only added fields with defaults
 }
 
 

@@ -102,5 +102,7 @@ def build_runtime(name: str, model: NetworkWithOps, optimizer_class: type[torch.
                       seed=config.seed, device=device)
     scheduler = make_scheduler(config.scheduler, optimizer)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    # torch.compile re-traces by itself when an edit changes a parameter's shape (its guards see it)
+    forward = torch.compile(model, **config.compile) if config.compile is not None else model
     return Runtime(name, model, optimizer, device, config, criterion, train, evals, batches, store, step=step,
-                   scheduler=scheduler, scaler=scaler)
+                   scheduler=scheduler, scaler=scaler, forward=forward)

@@ -27,6 +27,7 @@ class ExperimentConfig:
     accumulate: int = 1  # batches per optimizer step
     amp: str | None = None  # "bf16" | "fp16": autocast (fp16 with a GradScaler); None: full precision
     scheduler: dict[str, Any] | None = None  # {"class", "kwargs", "interval": "batch" | "epoch"}
+    compile: dict[str, Any] | None = None  # torch.compile's keyword arguments ({}: its defaults); None: eager
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: Any, allow_none: bool = False) -> None:

@@ -31,9 +31,10 @@ import pandas as pd
 import torch
 
 from weightslab.errors import ConfigurationError, ReplayError
-from weightslab.events.domain import Evaluated, ExperimentCreated, StepsTrained
+from weightslab.events.domain import Evaluated, ExperimentCreated, HyperparametersSet, StepsTrained
 from weightslab.events.record import OperationRecord
-from weightslab.experiment import allocator, environment
+from weightslab.experiment import allocator, environment, hyperparameters
+from weightslab.experiment.batch_results import BatchResults
 from weightslab.experiment.build import (
     build_runtime,
     check_arguments,
@@ -44,16 +45,24 @@ from weightslab.experiment.build import (
 from weightslab.experiment.checkpoints import CheckpointManager, write_state
 from weightslab.experiment.config import ExperimentConfig
 from weightslab.experiment.criterion import Criterion, default_criterion
-from weightslab.experiment.loops import eval_loop, train_loop, train_start_state
+from weightslab.experiment.loops import OwnLoop, eval_loop, train_loop, train_start_state
 from weightslab.experiment.recorder import Recorder
 from weightslab.experiment.replay import Replayer, ReplayOutcome, ResumeReport, check_same_data, reopen
 from weightslab.experiment.statistics import Statistics
 from weightslab.experiment.tensorboard import Board
-from weightslab.experiment.training import Step, check_grad_clip, check_scheduler, resolve_step, step_name
+from weightslab.experiment.training import (
+    Step,
+    check_compile,
+    check_grad_clip,
+    check_scheduler,
+    resolve_step,
+    step_name,
+    uncompiled,
+)
 from weightslab.history.audit import log_frame
 from weightslab.history.log import walk
 from weightslab.history.store import Store
-from weightslab.surgery import NetworkWithOps
+from weightslab.surgery import NetworkWithOps, TrackingMode
 
 __all__ = ["Experiment"]
 
@@ -92,6 +101,9 @@ class Experiment:
         amp: ``"bf16"`` or ``"fp16"`` (with a GradScaler): forward and loss under autocast.
         scheduler: ``(SchedulerClass, kwargs, "batch" | "epoch")``: a learning-rate scheduler stepped per
             batch (each optimizer step) or per epoch.
+        compile: train the ``torch.compile``'d model (``True``, or a dict of torch.compile's arguments);
+            edits apply to the model itself, and the compiled code re-traces when a shape changes. A model
+            passed already compiled is unwrapped and compiled again with torch.compile's defaults.
 
     Random draws of an operation (new neurons' weights, a sampled deny) are seeded from ``seed`` and
     the event's seq unless the call passes ``seed=``: the same script gives the same history.
@@ -134,13 +146,15 @@ class Experiment:
         accumulate: int = 1,
         amp: str | None = None,
         scheduler: Any = None,
+        compile: bool | Mapping[str, Any] = False,
         _replica: bool = False,
     ) -> None:
+        model, compile = uncompiled(model, compile)
         self.config = ExperimentConfig(
             learning_rate=learning_rate, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
             eval_every=eval_every, num_workers=num_workers, optimizer_kwargs=dict(optimizer_kwargs or {}),
             progress=progress, step=step_name(step), grad_clip=check_grad_clip(grad_clip), accumulate=accumulate,
-            amp=amp, scheduler=check_scheduler(scheduler),
+            amp=amp, scheduler=check_scheduler(scheduler), compile=check_compile(compile),
         )
         check_arguments(model, optimizer_class, train_dataset, eval_dataset, name, recipe)
         self.allocator = allocator.for_experiment()  # opt-in: weightslab.tune_malloc() / WEIGHTSLAB_TUNE_MALLOC=1
@@ -351,6 +365,71 @@ class Experiment:
             done += chunk
             result = self.eval_full()
         return result
+
+    @contextmanager
+    def training(self, *, step: str | Step | None = None, checkpoint: bool | None = None) -> Iterator[OwnLoop]:
+        """Train with your own loop, recorded as one ``train`` event.
+
+        Inside the block the model trains with tracking on; iterate ``exp.train_loader`` (batches of
+        ``(inputs, labels, ids)`` from the ledger's sampler), train as you like, and report each batch with
+        ``loop.record(ids, per_sample_losses, outputs, labels)``. When the block ends the event is appended
+        with the state's fingerprint; if the block raises, the state of the last event is rebuilt.
+
+        Replay re-executes such a call only if its step is named: ``step="package.module:function"`` (a
+        function replay runs once per recorded batch, like the built-in loop's step). Without one it cannot,
+        so the call is followed by a checkpoint (``checkpoint=False`` skips it: a reopen then cannot go past
+        this call), and replay restores that checkpoint instead of re-running the loop.
+
+        Example:
+            >>> with exp.training() as loop:
+            ...     for inputs, labels, ids in exp.train_loader:
+            ...         optimizer.zero_grad(); out = exp.model(inputs); losses = criterion(out, labels)
+            ...         losses.mean().backward(); optimizer.step()
+            ...         loop.record(ids, losses, out, labels)
+        """
+        name = step_name(step)
+        if name is not None:
+            resolve_step(name)  # replay must be able to import it: refuse now, not then
+        rt = self._rt
+        with self._write_ahead():
+            start = train_start_state(rt)
+            age_before = self.model_age
+            rt.model.train()
+            rt.model.tracking_mode = TrackingMode.TRAIN
+            try:
+                with rt.model.batched_trigger_counts(), BatchResults(rt.train.ledger, rt.device) as results:
+                    loop = OwnLoop(rt, results)
+                    yield loop
+            finally:
+                rt.model.tracking_mode = TrackingMode.DISABLED
+                rt.batches.drop()  # the user's iterators ran the sampler: the next call starts from there
+            loss, acc, seen = loop.means()
+            self._recorder.append(StepsTrained(
+                steps=loop.batches, batch_size=self.config.batch_size, samples=seen, age_before=age_before,
+                age_after=self.model_age, loss=_finite_or_none(loss), accuracy=acc, step=name,
+                replayable=name is not None), blobs=start)
+        self._board.scalars("train", loss, acc)
+        if name is None and checkpoint is not False:
+            self.dump()
+
+    def set_hyperparameters(self, **values: Any) -> None:
+        """Set hyper-parameters for the calls that follow: ``learning_rate``, ``weight_decay``, ``momentum``
+        (SGD's momentum, Adam's first beta), ``batch_size``. Recorded as a ``set_hyperparameters`` event.
+
+        Raises:
+            ConfigurationError: an unknown name or a bad value; nothing changes.
+
+        Example:
+            >>> exp.set_hyperparameters(learning_rate=1e-3, batch_size=128)
+        """
+        self._recorder.check_writable()
+        checked = hyperparameters.check(self._rt, values)
+        undo = hyperparameters.apply(self._rt, checked)
+        try:
+            self._recorder.append(HyperparametersSet(**checked))
+        except BaseException:
+            undo()
+            raise
 
     def eval_n_steps(self, n: int) -> tuple[float, float]:
         """Evaluate ``n`` batches of the eval set (continuing where the last call stopped).

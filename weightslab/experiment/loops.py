@@ -24,7 +24,7 @@ from weightslab.surgery import TrackingMode
 if TYPE_CHECKING:
     from weightslab.experiment.runtime import Runtime
 
-__all__ = ["LoopResult", "eval_loop", "step_context", "train_loop", "train_start_state"]
+__all__ = ["LoopResult", "OwnLoop", "eval_loop", "step_context", "train_loop", "train_start_state"]
 
 #: (mean loss, accuracy, samples) of one loop.
 LoopResult = tuple[float, float, int]
@@ -59,9 +59,11 @@ def step_context(rt: Runtime) -> StepContext:
                        optimizer=rt.optimizer, model=rt.model)
 
 
-def train_loop(rt: Runtime, n: int) -> LoopResult:
-    """Train ``n`` batches, continuing the epoch; returns (mean loss, accuracy, samples)."""
+def train_loop(rt: Runtime, n: int, step: Any = None) -> LoopResult:
+    """Train ``n`` batches with ``step`` (default: the experiment's), continuing the epoch; returns
+    (mean loss, accuracy, samples)."""
     model, optimizer = rt.model, rt.optimizer
+    step = step or rt.step
     ctx = step_context(rt)
     per = rt.config.scheduler["interval"] if rt.scheduler is not None else None
     model.train()
@@ -76,10 +78,10 @@ def train_loop(rt: Runtime, n: int) -> LoopResult:
                 if per == "epoch" and epoch and rt.batches.train_epoch > epoch:
                     rt.scheduler.step()  # an epoch ended before this batch
                 ctx.index, ctx.last, ctx.age = i, i == n - 1, _age_now(rt)
-                losses, output = rt.step(model, (inputs, labels, ids), optimizer, ctx)
+                losses, output = step(rt.forward, (inputs, labels, ids), optimizer, ctx)
                 if per == "batch" and ctx.steps_optimizer:
                     rt.scheduler.step()
-                _check_step(rt, losses, output, ids)
+                _check_step(step, losses, output, ids)
                 results.add(ids, losses, output, labels, ctx.age)
     finally:
         model.tracking_mode = TrackingMode.DISABLED
@@ -87,15 +89,15 @@ def train_loop(rt: Runtime, n: int) -> LoopResult:
     return _means(results)
 
 
-def _check_step(rt: Runtime, losses: Any, output: Any, ids: torch.Tensor) -> None:
-    if rt.step is default_step:
+def _check_step(step: Any, losses: Any, output: Any, ids: torch.Tensor) -> None:
+    if step is default_step:
         return
     n = len(ids)
     if not isinstance(losses, torch.Tensor) or losses.shape != (n,) or not isinstance(output, torch.Tensor) \
             or output.shape[:1] != (n,):
         got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
         raise ConfigurationError(
-            f"the step {rt.config.step} must return (per-sample losses of shape ({n},), outputs of {n} rows); "
+            f"the step {getattr(step, '__qualname__', step)} must return (per-sample losses of shape ({n},), outputs of {n} rows); "
             f"got losses {got}. Return the losses before averaging them (reduction='none')")
 
 
@@ -114,13 +116,40 @@ def eval_loop(rt: Runtime, steps: int | None) -> LoopResult:
                 rt.batches.next_eval() for _ in _progress(rt, range(steps), f"eval {rt.name}"))
             for inputs, labels, ids in batches:
                 with autocast:
-                    output = model(inputs)
+                    output = rt.forward(inputs)
                     losses = rt.criterion(output, labels)
                 results.add(ids, losses, output, labels, age)
     finally:
         model.tracking_mode = TrackingMode.DISABLED
         model.train(was_training)
     return _means(results)
+
+
+class OwnLoop:
+    """What a hand-written training loop reports inside ``with exp.training() as loop`` (see
+    :meth:`weightslab.Experiment.training`): each batch's ids, per-sample losses, outputs and labels."""
+
+    def __init__(self, rt: Runtime, results: BatchResults) -> None:
+        self._rt = rt
+        self._results = results
+        self.batches = 0
+
+    def record(self, ids: torch.Tensor, losses: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor, *,
+               age: int | None = None) -> None:
+        """Record one trained batch: ``losses`` per sample (before averaging), the model's ``outputs``,
+        and the model ``age`` it predicted at (default: the age now less the batch: call it after the
+        forward pass).
+
+        Raises:
+            ConfigurationError: not one loss, output row and label per id.
+        """
+        if age is None:
+            age = max(self._rt.model_age - len(ids), 0)
+        self._results.add(ids, losses.detach(), outputs.detach(), labels, age)
+        self.batches += 1
+
+    def means(self) -> LoopResult:
+        return _means(self._results)
 
 
 def train_start_state(rt: Runtime) -> dict[str, torch.Tensor]:

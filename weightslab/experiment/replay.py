@@ -28,16 +28,18 @@ from weightslab.events.domain import (
     Evaluated,
     ExperimentCreated,
     ExperimentResumed,
+    HyperparametersSet,
     SampleEvent,
     StepsTrained,
 )
-from weightslab.experiment import environment
+from weightslab.experiment import environment, hyperparameters
 from weightslab.experiment.checkpoints import CheckpointManager, read_state
 from weightslab.experiment.loops import eval_loop, train_loop
 from weightslab.experiment.recorder import Recorder
 from weightslab.experiment.rng import restore_rng
 from weightslab.experiment.runtime import Runtime
 from weightslab.experiment.statistics import Statistics
+from weightslab.experiment.training import import_step
 from weightslab.history.blobs import check_hash
 from weightslab.history.log import Log, LogEntry, RestorePlan, walk
 from weightslab.history.tensorcodec import decode_tensor
@@ -66,6 +68,7 @@ class ReplayOutcome:
     divergence: Divergence | None = None
     error: str | None = None
     forced: list[str] = field(default_factory=list)  # environment differences accepted (force=True)
+    skipped: list[int] = field(default_factory=list)  # own-loop calls restored from the checkpoint after them
     noted: list[str] = field(default_factory=list)  # differences that may matter (see weightslab.experiment.environment)
 
     @property
@@ -76,6 +79,11 @@ class ReplayOutcome:
     def reached(self) -> int:
         """The seq whose state the replay rebuilt and verified."""
         return self.replayed[-1] if self.replayed else self.base_seq
+
+
+def _opaque(entry: LogEntry) -> bool:
+    """A training call replay cannot re-execute (the user's own loop, without a named step)."""
+    return isinstance(entry.event, StepsTrained) and not entry.event.replayable
 
 
 class Replayer:
@@ -140,10 +148,15 @@ class Replayer:
         self._recorder.muted += 1
         try:
             if isinstance(event, StepsTrained):
+                if not event.replayable:
+                    raise ReplayError(f"seq {entry.seq} ran the user's own training loop, which replay cannot "
+                                      "re-execute; its state can be restored from a later checkpoint only")
                 rt.train.sampler.load_state_arrays({k: v.numpy() for k, v in self._blobs(entry, "sampler/").items()})
                 rt.batches.drop()
                 restore_rng(self._blobs(entry, "rng/"))
-                train_loop(rt, event.steps)
+                train_loop(rt, event.steps, import_step(event.step) if event.step else None)
+            elif isinstance(event, HyperparametersSet):
+                hyperparameters.apply(rt, event.values())
             elif isinstance(event, Evaluated):
                 eval_loop(rt, None if event.full else event.steps)
             elif isinstance(event, EditEvent):
@@ -211,7 +224,19 @@ class Replayer:
     def _run(self, plan: RestorePlan, log: Log, steps: list[LogEntry], after_resume: bool, outcome: ReplayOutcome,
              strict: bool) -> ReplayOutcome:
         self.restore(plan.manifest, plan.checkpoint_id)
-        for i, entry in enumerate(steps):
+        i = -1
+        while i + 1 < len(steps):
+            i += 1
+            entry = steps[i]
+            if _opaque(entry) and entry is not plan.anchor:  # the user's own loop: restore the next checkpoint
+                j = next((k for k in range(i + 1, len(steps)) if isinstance(steps[k].event, CheckpointDumped)), None)
+                if j is not None:
+                    dump = steps[j].event
+                    assert isinstance(dump, CheckpointDumped)
+                    self.restore(dump.manifest, dump.checkpoint_id)
+                    outcome.skipped += [s.seq for s in steps[i:j]]
+                    i = j
+                    entry = steps[i]
             try:
                 verify_only = entry is plan.anchor or (entry in plan.redo and isinstance(entry.event,
                                                                                         ExperimentResumed))
@@ -313,7 +338,7 @@ def check_same_data(rt: Runtime, recorded: dict[str, Any]) -> None:
             )
     recorded_config = recorded.get("config", {})
     for option, default in (("step", None), ("grad_clip", None), ("accumulate", 1), ("amp", None),
-                            ("scheduler", None)):
+                            ("scheduler", None), ("compile", None)):
         want, have = recorded_config.get(option, default), getattr(rt.config, option)
         if want != have:
             raise ConfigurationError(

@@ -56,13 +56,16 @@ def _optimizer_class(qualified: str) -> type[torch.optim.Optimizer]:
 
 def replica(store: Any, name: str, *, model: Any = None, train_dataset: Any = None, eval_dataset: Any = None,
             recipe: str | None = None, device: str = "cpu",
-            optimizer_class: type[torch.optim.Optimizer] | None = None, force: bool = False) -> Experiment:
+            optimizer_class: type[torch.optim.Optimizer] | None = None, force: bool = False,
+            step: Any = None) -> Experiment:
     """A detached, read-only copy of a stored experiment's runtime, for replay.
 
     The model and datasets come from the caller, or from ``recipe`` (default: the recorded one). A store
     given by location is opened read-only, so a database role that may only read can replay, query
     (``rep.sql(...)``) and list a history; nothing is ever written through a replica. ``force``: replay
-    events recorded with another torch version or device (see :class:`~weightslab.Experiment`).
+    events recorded with another torch version or device (see :class:`~weightslab.Experiment`). The
+    training options (grad clipping, accumulation, amp, scheduler) are the recorded ones; ``step``: the
+    function to use for a recorded custom step that cannot be imported here.
 
     Raises:
         UnknownExperimentError: no such experiment.
@@ -89,7 +92,9 @@ def replica(store: Any, name: str, *, model: Any = None, train_dataset: Any = No
         device=device, learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"], name=name, store=store,
         seed=cfg["seed"], eval_every=cfg.get("eval_every"), eval_batch_size=cfg.get("eval_batch_size"),
         num_workers=cfg.get("num_workers", 0), optimizer_kwargs=cfg.get("optimizer_kwargs"), progress=False,
-        force=force, _replica=True,
+        force=force, step=step if step is not None else cfg.get("step"), grad_clip=cfg.get("grad_clip"),
+        accumulate=cfg.get("accumulate", 1), amp=cfg.get("amp"), scheduler=cfg.get("scheduler"),
+        compile=cfg.get("compile") if cfg.get("compile") is not None else False, _replica=True,
     )
     return exp
 

@@ -74,10 +74,15 @@ class Runtime:
     step: Step = default_step
     scheduler: Any = None  # a torch.optim.lr_scheduler.LRScheduler, stepped per config.scheduler["interval"]
     scaler: Any = None  # torch.amp.GradScaler of fp16 training
+    forward: Any = None  # what the loops call: torch.compile(model) when compiled, else the model itself
     experiment_id: int = 0  # set once the experiment is created or found in the store
     #: 2: fingerprints cover the JSON part of the state too (hyper-parameters, scheduler, scaler); 1: the
     #: tensors only (experiments created before fingerprint version 2; see history/manifest.state_digest)
     fingerprint_version: int = 2
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = self.model
 
     @property
     def splits(self) -> tuple[Split, Split]:

@@ -37,12 +37,14 @@ __all__ = [
     "AMP_DTYPES",
     "Step",
     "StepContext",
+    "check_compile",
     "check_grad_clip",
     "check_scheduler",
     "default_step",
     "import_step",
     "make_scheduler",
     "step_name",
+    "uncompiled",
 ]
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -284,6 +286,38 @@ def make_scheduler(spec: Mapping[str, Any] | None, optimizer: torch.optim.Optimi
         return cls(optimizer, **spec["kwargs"])
     except (TypeError, ValueError) as e:
         raise ConfigurationError(f"{cls.__name__}(...) refused its arguments: {e}") from e
+
+
+def check_compile(value: Any) -> dict[str, Any] | None:
+    """``compile`` as recorded: None (eager), or torch.compile's keyword arguments (``True``: its defaults).
+
+    Raises:
+        ConfigurationError: neither a bool nor a dict of plain values.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"compile must be True, False or a dict of torch.compile arguments such as "
+                                 f"{{'mode': 'reduce-overhead'}}, got {type(value).__name__}")
+    try:
+        return normalise(dict(value), "compile")
+    except EventPayloadError as e:
+        raise ConfigurationError(f"compile's arguments must be plain values (they are recorded): {e}") from e
+
+
+def uncompiled(model: Any, compile: Any) -> tuple[Any, Any]:
+    """A model given already compiled, as the module to edit and the compile setting to record: a
+    ``torch.compile(model)`` wrapper is unwrapped, a ``model.compile()`` undone (both compile again with
+    torch.compile's defaults, unless ``compile`` says otherwise)."""
+    original = getattr(model, "_orig_mod", None)
+    if original is not None and isinstance(model, torch.nn.Module):
+        return original, compile if compile not in (None, False) else True
+    if getattr(model, "_compiled_call_impl", None) is not None:
+        model._compiled_call_impl = None  # surgery traces the module's own forward
+        return model, compile if compile not in (None, False) else True
+    return model, compile
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from weightslab.events.domain import (
     CheckpointLoaded,
     ExperimentCreated,
     ExperimentResumed,
+    StepsTrained,
     UndecodedEvent,
 )
 from weightslab.history.blobs import check_hash
@@ -151,6 +152,7 @@ class AuditReport:
     head_seq: int = 0
     head_hash: str | None = None
     expected_head: str | None = None
+    not_reexecutable: tuple[int, ...] = ()  # training calls of the user's own loop (replay restores after them)
 
     @property
     def ok(self) -> bool:
@@ -160,6 +162,9 @@ class AuditReport:
         head = (f"experiment {self.experiment!r}: {self.events} events, {self.checkpoints} checkpoints, "
                 f"{self.blobs_checked} blobs checked")
         anchor = f"    head: seq {self.head_seq} {self.head_hash or '(none)'}"
+        if self.not_reexecutable:
+            anchor += (f"\n    not re-executable by replay (own training loops): seqs {list(self.not_reexecutable)}; "
+                       "replay restores the checkpoint after each")
         if self.ok:
             proof = f"; the log holds the expected head {self.expected_head[:12]}" if self.expected_head else ""
             return f"OK  {head}: hash chain and blobs verified{proof}\n{anchor}"
@@ -170,7 +175,8 @@ class AuditReport:
                 "checkpoints": self.checkpoints, "blobs_checked": self.blobs_checked, "chain_ok": self.chain_ok,
                 "first_bad_seq": self.first_bad_seq, "bad_blob": self.bad_blob,
                 "bad_blob_role": self.bad_blob_role, "problems": list(self.problems), "head_seq": self.head_seq,
-                "head_hash": self.head_hash, "expected_head": self.expected_head}
+                "head_hash": self.head_hash, "expected_head": self.expected_head,
+                "not_reexecutable": list(self.not_reexecutable)}
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,8 @@ def audit_experiment(store: Store, name: str, *, expect_head: str | None = None)
         chain_ok=chain.ok, first_bad_seq=chain.first_bad_seq, bad_blob=bad[0] if bad else None,
         bad_blob_role=bad[1] if bad else None, problems=tuple(problems), head_seq=chain.head_seq,
         head_hash=chain.head_hash, expected_head=expect_head,
+        not_reexecutable=tuple(e.seq for e in log if isinstance(e.event, StepsTrained) and not e.event.replayable)
+        if log is not None else (),
     )
 
 
