@@ -24,6 +24,7 @@ def _every_kind(exp: Experiment) -> None:
     exp.model.layers[1].set_per_incoming_neuron_learning_rate({1}, lr=0.0)
     exp.model.freeze_layers_up_to_idx(0)
     exp.model.unfreeze_layers_from_idx(0)
+    exp.set_hyperparameters(learning_rate=5e-3)
     ds = exp.train_loader.dataset
     ds.deny_samples_with_predicate(lambda id, age, loss, times, denied, pred, label: id % 11 == 0)
     ds.deny_samples_and_sample_allowed_with_predicate(

@@ -35,9 +35,11 @@ SQL_SHAPE = re.compile(r"^\s*\(?\s*(select\b.*\bfrom\b|insert\s+into\b|delete\s+
                        r"(create|drop|alter)\s+(temp|temporary|table|index|schema|view|unique)\b|pragma\s+\w+)",
                        re.IGNORECASE | re.DOTALL)
 # Audited: formats constant identifiers (table and column names) into the bulk upserts; values are bound.
-SQL_FORMAT_ALLOWED = {"history/stats.py"}
-# Audited dynamic imports: lazy package attributes, and the replay tools' recipe / optimizer class.
-IMPORT_MODULE_ALLOWED = {"__init__.py", "experiment/replica.py"}
+# ui/samples.py: sort columns checked against a fixed list, the filter compiled with every value bound.
+SQL_FORMAT_ALLOWED = {"history/stats.py", "ui/samples.py"}
+# Audited dynamic imports: lazy package attributes, the replay tools' recipe / optimizer class, and a
+# recorded training step or scheduler class (named by the user, imported like the recipe).
+IMPORT_MODULE_ALLOWED = {"__init__.py", "experiment/replica.py", "experiment/training.py"}
 
 
 def _dotted(node: ast.AST) -> str:
