@@ -144,3 +144,46 @@ def test_observers_notified_before_the_one_that_raises_heard_of_the_operation():
         model.prune(layer_index=2, neuron_indices={0})
     assert [r.kind for r in heard] == ["prune"]  # documented: the model is rolled back all the same
     assert_same(before, _snapshot(model, optimizer))
+
+
+def _attributes(model: NetworkWithOps) -> list[tuple[str, object]]:
+    """The integer attributes an edit may change besides tensors: widths, groups, normalised shapes."""
+    found = []
+    for name, module in model.named_modules():
+        for attr in ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+                     "normalized_shape", "num_channels", "num_groups"):
+            if hasattr(module, attr):
+                found.append((f"{name}.{attr}", getattr(module, attr)))
+    return found
+
+
+@pytest.mark.parametrize("edit", ["prune depthwise input", "add through layer norms", "prune one per group"])
+def test_a_refused_edit_of_groups_and_followers_puts_every_attribute_back(edit):
+    from test_followers import NextBlockNet
+    from test_grouped_convolutions import GroupedNet
+
+    torch.manual_seed(0)
+    model = GroupedNet() if edit == "prune one per group" else NextBlockNet()
+    x = torch.randn(4, 3, 8, 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.attach_optimizer(optimizer)
+    train_step(model, optimizer, x, torch.tensor([0, 1, 2, 3]))
+    operation = {
+        "prune depthwise input": lambda: model.prune(layer_index=0, neuron_indices={1, 6}),
+        "add through layer norms": lambda: model.add_neurons(layer_index=0, neuron_count=2, seed=0),
+        "prune one per group": lambda: model.prune(layer_index=0, neuron_indices={0, 2, 5, 7}),
+    }[edit]
+    graph = model.dependency_graph()
+    before, attributes = _snapshot(model, optimizer), _attributes(model)
+
+    def refuse(record: Any) -> None:
+        raise StoreDown("the store is down")
+
+    model.add_observer(refuse)
+    with pytest.raises(StoreDown):
+        operation()
+    assert_same(before, _snapshot(model, optimizer))
+    assert _attributes(model) == attributes and model.dependency_graph() is graph
+    model.remove_observer(refuse)
+    operation()
+    assert _attributes(model) != attributes

@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from weightslab.errors import SurgeryError
 from weightslab.surgery.modules import NeuronLayer, Slot
 from weightslab.surgery.optim_state import check_state_layout, param_step
-from weightslab.surgery.plan import ModuleEdit
-from weightslab.surgery.tensor_ops import draw_uniform, perturb, remap
+from weightslab.surgery.plan import AttributeEdit, ModuleEdit, TensorEdit
+from weightslab.surgery.tensor_ops import draw_uniform, perturb, remap, remap_group_columns
 from weightslab.surgery.transaction import UndoLog
 
 __all__ = [
@@ -33,22 +34,25 @@ __all__ = [
     "refresh_caches",
     "restorer",
     "run_transaction",
+    "set_attributes",
     "set_frozen",
     "set_multiplier",
     "stage_edit",
     "stage_reinit",
+    "stage_tensor",
 ]
 
 
 @dataclass
 class Staged:
-    """New tensors for one layer, not yet installed."""
+    """New tensors for one layer (or the module owning a follower), not yet installed."""
 
-    layer: NeuronLayer
+    layer: Any
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     out_width: int | None = None
     in_width: int | None = None
+    groups: int | None = None
 
 
 def install_data(param: torch.Tensor, new: torch.Tensor) -> None:
@@ -128,6 +132,7 @@ def stage_edit(
     staged = Staged(layer)
     step = _step_of(layer, optimizer)
     transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    grouped = getattr(layer, "groups", 1) != 1
     for slot in layer.slots():
         tensor = getattr(layer, slot.name)
         if tensor is None:
@@ -135,35 +140,63 @@ def stage_edit(
         new = tensor.detach()
         rows = edit.row_source if slot.row_dim is not None else None
         cols = edit.col_source if slot.col_dim is not None else None
+        group_cols = None
+        if grouped and slot.name == "weight":  # columns per group, not per input channel
+            cols, group_cols = None, edit.group_cols
         if rows is not None and slot.row_dim is not None:
             count = int((rows < 0).sum())
             new = remap(new, slot.row_dim, rows, _fill(slot.row_fill, new, slot.row_dim, count, layer, generator, step))
         if cols is not None and slot.col_dim is not None:
             count = int((cols < 0).sum())
             new = remap(new, slot.col_dim, cols, _fill(slot.col_fill, new, slot.col_dim, count, layer, generator, step))
-        if rows is not None or cols is not None:
+        if group_cols is not None:
+            new = remap_group_columns(new, group_cols, float(slot.col_fill))
+        if rows is not None or cols is not None or group_cols is not None:
             staged.tensors[slot.name] = new
             if _is_param(layer, slot.name):
-                transforms[slot.name] = _zero_fill_transform(slot, rows, cols)
+                transforms[slot.name] = _zero_fill_transform(slot, rows, cols, group_cols)
     _stage_state(staged, optimizer, transforms)
     if edit.row_source is not None:
         staged.out_width = len(edit.row_source)
     if edit.col_source is not None:
         staged.in_width = len(edit.col_source)
+    staged.groups = edit.groups
     return staged
 
 
 def _zero_fill_transform(
-    slot: Slot, rows: np.ndarray | None, cols: np.ndarray | None
+    slot: Slot, rows: np.ndarray | None, cols: np.ndarray | None, group_cols: np.ndarray | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     def transform(value: torch.Tensor) -> torch.Tensor:
         if rows is not None and slot.row_dim is not None:
             value = remap(value, slot.row_dim, rows, 0.0)
         if cols is not None and slot.col_dim is not None:
             value = remap(value, slot.col_dim, cols, 0.0)
+        if group_cols is not None:
+            value = remap_group_columns(value, group_cols, 0.0)
         return value
 
     return transform
+
+
+def stage_tensor(owner: nn.Module, attr: str, edit: TensorEdit, optimizer: torch.optim.Optimizer | None) -> Staged:
+    """The new value (and optimizer state) of a follower tensor ``owner.<attr>`` after an edit."""
+    staged = Staged(owner)
+    tensor = getattr(owner, attr)
+    staged.tensors[attr] = remap(tensor.detach(), edit.dim, edit.source, edit.fill)
+    if attr in owner._parameters:
+        _stage_state(staged, optimizer, {attr: lambda value: remap(value, edit.dim, edit.source, 0.0)})
+    return staged
+
+
+def set_attributes(owner: nn.Module, edit: AttributeEdit, log: UndoLog) -> None:
+    """Give a torch normalisation module the width of its channels after an edit, logged."""
+    if edit.kind == "layer_norm":
+        log.set_attr(owner, "normalized_shape", (edit.width,))
+    elif edit.kind == "group_norm":
+        log.set_attr(owner, "num_channels", edit.width)
+    else:
+        log.set_attr(owner, "num_features", edit.width)
 
 
 _REINIT_SKIP = {"lr_row_multiplier"}
@@ -223,12 +256,13 @@ def commit(staged: Staged, optimizer: torch.optim.Optimizer | None, log: UndoLog
             state = optimizer.state[getattr(module, name)]
             for key, value in entries.items():
                 log.set_item(state, key, value)
-    if staged.out_width is not None or staged.in_width is not None:
+    if staged.out_width is not None or staged.in_width is not None or staged.groups is not None:
         layer = staged.layer
-        log.push(partial(layer._set_widths, layer.neuron_count, layer.incoming_count))
+        log.push(partial(layer._set_widths, layer.neuron_count, layer.incoming_count, getattr(layer, "groups", None)))
         layer._set_widths(
             staged.out_width if staged.out_width is not None else layer.neuron_count,
             staged.in_width if staged.in_width is not None else None,
+            staged.groups,
         )
 
 

@@ -16,7 +16,7 @@ from weightslab.surgery.modules import (
 )
 from weightslab.surgery.network import NetworkWithOps
 
-__all__ = ["ConvertedNetwork", "convert_to_ops"]
+__all__ = ["EXCLUDED", "ConvertedNetwork", "convert_to_ops"]
 
 
 class ConvertedNetwork(NetworkWithOps):
@@ -35,20 +35,54 @@ class ConvertedNetwork(NetworkWithOps):
         return self.model(*args, **kwargs)
 
 
-def _convert(child: nn.Module) -> nn.Module | None:
+#: Subclasses of the converted torch layers that convert_to_ops leaves as they are: their weights are not
+#: plain parameters (lazy, quantization-aware) or their layer computes something else. The ``out_proj`` of
+#: ``nn.MultiheadAttention`` is read by the attention op directly, never called: converting it would make
+#: nothing editable (attention heads are not, yet) and would shift the layer indices of every recorded
+#: experiment on a transformer.
+EXCLUDED: tuple[type[nn.Module], ...] = (
+    nn.modules.linear.NonDynamicallyQuantizableLinear,
+    nn.LazyLinear,
+    nn.LazyConv2d,
+    nn.LazyBatchNorm2d,
+    nn.SyncBatchNorm,
+    torch.ao.nn.qat.Linear,
+    torch.ao.nn.qat.Conv2d,
+    torch.ao.nn.intrinsic.qat.ConvBn2d,
+    torch.ao.nn.intrinsic.qat.ConvBnReLU2d,
+    torch.ao.nn.intrinsic.qat.ConvReLU2d,
+    torch.ao.nn.intrinsic.qat.LinearReLU,
+)
+
+
+def _convertible(child: nn.Module, base: type[nn.Module]) -> bool:
+    """An instance of ``base`` (or of a subclass) that computes exactly what ``base`` does, with plain weights."""
+    if not isinstance(child, base) or isinstance(child, EXCLUDED):
+        return False
     kind = type(child)
+    own_code = kind.forward is not base.forward or getattr(kind, "_conv_forward", None) is not getattr(
+        base, "_conv_forward", None
+    )
+    if own_code:
+        return False  # its own forward would be lost
+    # Weight norm, parametrizations: the weight is computed, not a parameter.
+    return not (set(child._parameters) - {"weight", "bias"} or hasattr(child, "parametrizations")
+                or child._forward_pre_hooks)
+
+
+def _convert(child: nn.Module) -> nn.Module | None:
     new: Any
-    if kind is nn.Conv2d:
+    if _convertible(child, nn.Conv2d):
         c: Any = child
         new = Conv2dWithNeuronOps(
             c.in_channels, c.out_channels, c.kernel_size, stride=c.stride, padding=c.padding,
             dilation=c.dilation, groups=c.groups, bias=c.bias is not None, padding_mode=c.padding_mode,
             device="meta",
         )
-    elif kind is nn.Linear:
+    elif _convertible(child, nn.Linear):
         lin: Any = child
         new = LinearWithNeuronOps(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
-    elif kind is nn.BatchNorm2d:
+    elif _convertible(child, nn.BatchNorm2d):
         bn: Any = child
         new = BatchNorm2dWithNeuronOps(
             bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
@@ -82,6 +116,10 @@ def _replace_children(module: nn.Module) -> int:
 
 def convert_to_ops(model: nn.Module) -> NetworkWithOps:
     """Replace every ``nn.Conv2d``, ``nn.Linear`` and ``nn.BatchNorm2d`` of ``model`` by its ops layer.
+
+    Subclasses are converted too, unless they compute something else (their own ``forward``),
+    their weights are not plain parameters (weight norm, parametrizations, lazy or
+    quantization-aware layers) or they are listed in :data:`EXCLUDED`.
 
     The parameters and running statistics are kept (the same objects). A
     :class:`NetworkWithOps` is converted in place and returned; any other module is

@@ -99,10 +99,14 @@ class NeuronLayer:
         """Number of incoming neurons (input channels / features); 0 for batch norm."""
         return int(getattr(self, self.in_attr)) if self.in_attr else 0
 
-    def _set_widths(self, out_width: int, in_width: int | None) -> None:
+    def _set_widths(self, out_width: int, in_width: int | None, groups: int | None = None) -> None:
         setattr(self, self.out_attr, out_width)
         if self.in_attr and in_width is not None:
             setattr(self, self.in_attr, in_width)
+
+    def _column_view(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Per-input-channel ``values`` shaped to broadcast against the weight ``like`` (dim 1: columns)."""
+        return values.view([1, -1] + [1] * (like.dim() - 2))
 
     def slots(self) -> list[Slot]:
         """The layer's tensors that follow its neurons (see :class:`Slot`)."""
@@ -241,8 +245,7 @@ class NeuronLayer:
             rows = module.lr_row_multiplier
             m = rows.view([-1] + [1] * (like.dim() - 1))
             if param_name == "weight" and self.in_attr is not None and like.dim() > 1:
-                cols = module.lr_col_multiplier
-                m = m * cols.view([1, -1] + [1] * (like.dim() - 2))
+                m = m * self._column_view(module.lr_col_multiplier, like)
             cached = m.expand(like.shape).to(device=like.device, dtype=like.dtype).contiguous()
             state.mult_cache[param_name] = cached
         return cached
@@ -323,11 +326,25 @@ class Conv2dWithNeuronOps(NeuronLayer, nn.Conv2d):
         self._init_neuron_state()
 
     def slots(self) -> list[Slot]:
-        grouped = self.groups != 1
-        slots = [Slot("weight", 0, None if grouped else 1, "init", 0.0)]
+        # A grouped convolution's weight columns are per group: surgery remaps them group by group.
+        slots = [Slot("weight", 0, 1, "init", 0.0)]
         if self.bias is not None:
             slots.append(Slot("bias", 0, None, "init"))
         return slots + _COUNTER_SLOTS + _ROW_COL_SLOTS
+
+    def _set_widths(self, out_width: int, in_width: int | None, groups: int | None = None) -> None:
+        NeuronLayer._set_widths(self, out_width, in_width)
+        if groups is not None:
+            self.groups = groups
+
+    def _column_view(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Per-input-channel ``values`` against the weight ``like``: a grouped weight's row of group i
+        reads input channels ``i*a .. i*a+a-1`` as its columns ``0..a-1``."""
+        if self.groups == 1:
+            return NeuronLayer._column_view(self, values, like)
+        rows, width = like.shape[0], like.shape[1]
+        per_row = values.view(self.groups, 1, width).expand(self.groups, rows // self.groups, width)
+        return per_row.reshape(rows, width, *([1] * (like.dim() - 2)))
 
     def init_bound(self) -> float:
         fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]

@@ -12,16 +12,15 @@ it. Only the tracking mode, the layer order and the example input survive a copy
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from weightslab.errors import ConfigurationError, SurgeryError
-from weightslab.surgery.graph import Graph
+from weightslab.surgery.graph import Graph, PlannedLayout
 from weightslab.surgery.modules import NeuronLayer
 from weightslab.surgery.optim_state import OptimizerBinding, StepTarget
 from weightslab.surgery.trace import trace_network
@@ -138,6 +137,8 @@ class NetworkState:
         """How messages name the layer called ``name``: ``layer 1 (conv1: Conv2dWithNeuronOps)``."""
         by_name = {n: m for m, n in self.layer_names().items()}
         layer = by_name.get(name)
+        if layer is None:
+            return name  # a follower tensor or a module outside the ops layers
         for index, candidate in enumerate(self.layers()):
             if candidate is layer:
                 return f"layer {index} ({name or 'root'}: {type(layer).__name__})"
@@ -166,8 +167,8 @@ class NetworkState:
             dtype = first.dtype  # follow model.double() / .half() done after the first forward
         return torch.zeros((2, *shape), dtype=dtype, device=device)
 
-    def trace(self, planned: Mapping[str, np.ndarray] | None = None) -> Graph:
-        """Trace the network on a dummy batch (with the ``planned`` widths); see ``trace.py``."""
+    def trace(self, planned: PlannedLayout | None = None) -> Graph:
+        """Trace the network on a dummy batch (at the ``planned`` widths); see ``trace.py``."""
         example = self._example_batch()
         self.tracing = True
         try:

@@ -30,14 +30,18 @@ from weightslab.events.record import OperationRecord
 from weightslab.surgery.apply import (
     refresh_caches,
     run_transaction,
+    set_attributes,
     set_frozen,
     set_multiplier,
     stage_edit,
     stage_reinit,
+    stage_tensor,
 )
+from weightslab.surgery.graph import Graph, PlannedLayout
 from weightslab.surgery.modules import BatchNorm2dWithNeuronOps, NeuronLayer
 from weightslab.surgery.network_state import NetworkState
-from weightslab.surgery.plan import SurgeryPlan, add_keys, finish_plan, prune_keys
+from weightslab.surgery.plan import SurgeryPlan, add_keys, finish_plan, prune_keys, verb
+from weightslab.surgery.relayout import KeyEdit, relayout
 from weightslab.surgery.selection import (
     check_count,
     check_drawn_seed,
@@ -47,6 +51,7 @@ from weightslab.surgery.selection import (
     check_ratio,
     check_seed,
 )
+from weightslab.surgery.trace import loose_tensors
 from weightslab.surgery.transaction import UndoLog
 
 __all__ = ["Surgery"]
@@ -102,11 +107,9 @@ class Surgery:
         """The last step of a transaction: the observers keep the operation, or it is rolled back."""
         self._observers.notify(record, rollback=log.rollback)
 
-    def _forget_derived(self, log: UndoLog, *, graph: bool) -> None:
-        """Drop (logged) what the network derives from its layers: step targets, and the trace if ``graph``."""
+    def _forget_derived(self, log: UndoLog) -> None:
+        """Drop (logged) what the network derives from its layers' settings: the step targets."""
         log.set_attr(self._state, "targets", None)
-        if graph:
-            log.set_attr(self._state, "graph", None)
 
     def _draw_seed(self, seed: int | None) -> int:
         if seed is not None:
@@ -130,27 +133,51 @@ class Surgery:
         return [layer.neuron_count for layer in self._state.layers()]
 
     def _plan(self, kind: str, name: str, indices: list[int] | None, count: int | None) -> SurgeryPlan:
+        """Decide the edit on the kept graph, compute the graph after it, and read every layer's sources.
+
+        The graph after the edit comes from :func:`relayout` when every op of the network is
+        width-agnostic (no trace: milliseconds), else from a trace at the new widths (which also
+        proves the forward pass still runs).
+        """
         state = self._state
         graph = state.dependency_graph()
         label = state.label
         if name not in graph.executed:
-            raise SurgeryError(f"cannot {kind} {label(name)}: the forward pass does not use it.")
+            if name in graph.read_by:
+                raise SurgeryError(
+                    f"cannot {verb(kind)} {label(name)}: its forward is never called; {graph.read_by[name]} reads its "
+                    "weights directly, and surgery cannot follow what that op does with them."
+                )
+            raise SurgeryError(f"cannot {verb(kind)} {label(name)}: the forward pass does not use it.")
         if indices is not None:
-            removed, planned = prune_keys(graph, name, indices, label)
-            fresh: set[int] = set()
+            edit = prune_keys(graph, name, indices, label)
         else:
             assert count is not None
-            planned, fresh = add_keys(graph, name, count, label)
-            removed = set()
+            edit = add_keys(graph, name, count, label)
+        predicted = relayout(graph, edit)
+        new_graph = predicted if graph.generic else self._trace_planned(kind, name, graph, edit, predicted)
+        order = list(state.layer_names().values())
+        return finish_plan(kind, name, graph, new_graph, edit, label, order)
+
+    def _trace_planned(self, kind: str, name: str, graph: Graph, edit: KeyEdit, predicted: Graph) -> Graph:
+        state = self._state
+        loose = loose_tensors(state.network, state.layer_names())
+        tensors = {}
+        for tensor_name, follower in predicted.followers.items():
+            shape = list(loose[tensor_name].shape)
+            if shape[follower.dim] != len(follower.keys):
+                shape[follower.dim] = len(follower.keys)
+                tensors[tensor_name] = tuple(shape)
+        layout = PlannedLayout({**graph.out_keys, **edit.planned}, {**graph.groups, **edit.groups}, tensors)
         try:
-            new_graph = state.trace(planned)
+            return state.trace(layout)
         except Exception as error:
             raise SurgeryError(
-                f"cannot {kind} {label(name)}: the forward pass fails with the new widths ({error}). Does "
-                "forward() hard-code a size (e.g. x.view(-1, 320))? Use x.view(x.size(0), -1) instead."
+                f"cannot {verb(kind)} {state.label(name)}: the forward pass fails with the new widths ({error}). The "
+                "model's code fixes the size of these channels somewhere: a hard-coded reshape such as "
+                "x.view(-1, 320) (use x.view(x.size(0), -1) instead), or one that splits them into fixed groups "
+                "(a channel shuffle, attention heads): edit a number of channels it accepts."
             ) from error
-        order = list(state.layer_names().values())
-        return finish_plan(kind, name, graph, new_graph, planned, removed, fresh, label, order)
 
     def plan_prune(self, layer_index: int, neuron_indices: Iterable[int]) -> SurgeryPlan:
         """The printable plan of :meth:`prune` (nothing is changed)."""
@@ -164,13 +191,21 @@ class Surgery:
         return self._plan(EventKind.ADD_NEURONS, name, None, check_count(neuron_count, _bytes_per_neuron(layer)))
 
     def _apply_plan(self, plan: SurgeryPlan, generator: torch.Generator, log: UndoLog) -> None:
-        by_name = {name: layer for layer, name in self._state.layer_names().items()}
+        state = self._state
+        by_name = {name: layer for layer, name in state.layer_names().items()}
         for layer in by_name.values():
             layer._flush_triggers()  # sums kept by batched counting count in the old widths
-        optimizer = self._state.optimizer
+        optimizer = state.optimizer
+        network = state.network
         staged = [stage_edit(by_name[edit.name], edit, optimizer, generator) for edit in plan.edits]
-        self._forget_derived(log, graph=True)
+        for tensor in plan.tensors:
+            owner, _, attr = tensor.name.rpartition(".")
+            staged.append(stage_tensor(network.get_submodule(owner), attr, tensor, optimizer))
+        self._forget_derived(log)
+        log.set_attr(state, "graph", plan.graph)  # the graph after the edit: kept, not traced again
         run_transaction(staged, optimizer, plan.kind, log)
+        for attribute in plan.attributes:
+            set_attributes(network.get_submodule(attribute.module), attribute, log)
         for edit in plan.edits:
             refresh_caches(by_name[edit.name], log)
 
@@ -214,7 +249,7 @@ class Surgery:
         layer._flush_triggers()  # sums kept by batched counting count before the statistics restart
         staged = stage_reinit(layer, indices, ratio, optimizer, _generator(seed))
         with self._transaction() as log:
-            self._forget_derived(log, graph=False)
+            self._forget_derived(log)
             run_transaction([staged], optimizer, EventKind.REINIT_NEURONS, log)
             refresh_caches(layer, log)
             args = {"layer_index": index, "neuron_indices": indices, "perturbation_ratio": ratio, "seed": seed}
@@ -253,7 +288,7 @@ class Surgery:
         value = check_multiplier(lr)
         kind = EventKind.SET_INCOMING_NEURON_LR if incoming else EventKind.SET_NEURON_LR
         with self._transaction() as log:
-            self._forget_derived(log, graph=False)
+            self._forget_derived(log)
             set_multiplier(layer, "lr_col_multiplier" if incoming else "lr_row_multiplier", indices, value, log)
             args = {"layer_index": index, "neuron_indices": indices, "lr": value}
             self._record(log, OperationRecord(kind, args, {"changed": [name]}))
@@ -272,7 +307,7 @@ class Surgery:
     def _set_frozen(self, kind: str, args: dict[str, int], layers: list[NeuronLayer], flag: bool) -> None:
         names = self._state.layer_names()
         with self._transaction() as log:
-            self._forget_derived(log, graph=False)
+            self._forget_derived(log)
             for layer in layers:
                 set_frozen(layer, flag, log)
             self._record(log, OperationRecord(kind, args, {"changed": [names[m] for m in layers]}))

@@ -145,7 +145,6 @@ class OptimizerBinding:
         module: Any = layer
         births = module.row_birth_step.view([-1] + [1] * (param.dim() - 1))
         if role == "weight" and layer.in_attr is not None and param.dim() > 1:
-            cols = module.col_birth_step.view([1, -1] + [1] * (param.dim() - 2))
-            births = torch.maximum(births, cols)
+            births = torch.maximum(births, layer._column_view(module.col_birth_step, param))
         ratio = _adam_ratio(t, births, beta1, beta2)
         return ratio.expand(param.shape).to(dtype=param.dtype)

@@ -40,12 +40,16 @@ def load_state_resizing(network: nn.Module, state: NetworkState, state_dict: Map
         module: Any = layer
         for tname in [*module._parameters, *module._buffers]:
             owned[prefix + tname] = (layer, tname)
+    followers = []
     for key, value in state_dict.items():
         if key not in owned and tuple(own[key].shape) != tuple(value.shape):
-            raise ConfigurationError(
-                f"{key} has shape {tuple(value.shape)} in the state dict but {tuple(own[key].shape)} in the model, "
-                "and it is not part of an ops layer that could be resized."
-            )
+            if own[key].dim() != value.dim() or not own[key].is_floating_point():
+                raise ConfigurationError(
+                    f"{key} has shape {tuple(value.shape)} in the state dict but {tuple(own[key].shape)} in the "
+                    "model, and it is not part of an ops layer or a tensor laid out along channels that could be "
+                    "resized."
+                )
+            followers.append(key)  # e.g. a layer norm's affine entries or a position embedding, after an edit
     optimizer = state.optimizer
     log = UndoLog()
     for layer in prefixes.values():
@@ -53,6 +57,8 @@ def load_state_resizing(network: nn.Module, state: NetworkState, state_dict: Map
     try:
         for prefix, layer in prefixes.items():
             _resize_layer(layer, prefix, state_dict, optimizer, log)
+        for key in followers:
+            _resize_follower(network, key, state_dict[key], optimizer, log)
         state.forget_graph()
         network.load_state_dict(state_dict, strict=True)
     except Exception as error:
@@ -85,9 +91,41 @@ def _resize_layer(
             continue
         target = state_dict[prefix + tname]
         log.set_item(layer._buffers, tname, torch.zeros(target.shape, dtype=buffer.dtype, device=buffer.device))
-    old_out, old_in = layer.neuron_count, layer.incoming_count
+    old_out, old_in, old_groups = layer.neuron_count, layer.incoming_count, getattr(layer, "groups", None)
     out_width = int(state_dict[prefix + "lr_row_multiplier"].shape[0])
     in_width = int(state_dict[prefix + "lr_col_multiplier"].shape[0])
-    if (out_width, in_width) != (old_out, old_in):
-        log.push(partial(layer._set_widths, old_out, old_in if layer.in_attr else None))
-        layer._set_widths(out_width, in_width if layer.in_attr else None)
+    groups = old_groups
+    if old_groups is not None and old_groups != 1:
+        per_group = int(state_dict[prefix + "weight"].shape[1])  # a grouped weight's columns are per group
+        groups = in_width // per_group if per_group else old_groups
+    if (out_width, in_width, groups) != (old_out, old_in, old_groups):
+        log.push(partial(layer._set_widths, old_out, old_in if layer.in_attr else None, old_groups))
+        layer._set_widths(out_width, in_width if layer.in_attr else None, groups)
+
+
+# The width attributes of torch's normalisation modules, read back from their tensors.
+_WIDTHS = {nn.LayerNorm: ("normalized_shape", "weight"), nn.GroupNorm: ("num_channels", "weight"),
+           nn.modules.batchnorm._NormBase: ("num_features", "running_mean")}
+
+
+def _resize_follower(
+    network: nn.Module, key: str, target: torch.Tensor, optimizer: torch.optim.Optimizer | None, log: UndoLog
+) -> None:
+    owner_name, _, attr = key.rpartition(".")
+    owner: Any = network.get_submodule(owner_name)
+    if attr in owner._parameters:
+        param = owner._parameters[attr]
+        log.push(restorer(param, param.data, param.grad))
+        install_data(param, torch.zeros(target.shape, dtype=param.dtype, device=param.device))
+        param.grad = None
+        if optimizer is not None and param in optimizer.state:
+            log.push(partial(optimizer.state.__setitem__, param, optimizer.state.pop(param)))
+    else:
+        buffer = owner._buffers[attr]
+        log.set_item(owner._buffers, attr, torch.zeros(target.shape, dtype=buffer.dtype, device=buffer.device))
+    for kind, (width_attr, tensor_attr) in _WIDTHS.items():
+        if isinstance(owner, kind) and attr == tensor_attr:
+            width = int(target.shape[0])
+            value: Any = (width,) if kind is nn.LayerNorm else width
+            if kind is not nn.LayerNorm or len(getattr(owner, "normalized_shape", ())) == 1:
+                log.set_attr(owner, width_attr, value)

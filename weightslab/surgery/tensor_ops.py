@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["draw_uniform", "match_occurrences", "perturb", "remap"]
+__all__ = ["draw_uniform", "match_occurrences", "perturb", "remap", "remap_group_columns"]
 
 
 def remap(tensor: torch.Tensor, dim: int, source: np.ndarray, fill: torch.Tensor | float) -> torch.Tensor:
@@ -35,17 +35,72 @@ def remap(tensor: torch.Tensor, dim: int, source: np.ndarray, fill: torch.Tensor
     shape[dim] = len(source)
     keep = np.flatnonzero(source >= 0)
     fresh = np.flatnonzero(source < 0)
+    kept = len(keep)
+    if not len(fresh) or (fresh == np.arange(kept, len(source))).all():
+        # Survivors first, new slices (if any) last: one gather and one concatenation, a single pass each.
+        head = source[:kept]
+        if kept == tensor.shape[dim] and (head == np.arange(kept)).all():
+            base = tensor
+        else:
+            base = tensor.index_select(dim, _index(head, tensor.device))
+        if not len(fresh):
+            return base if base is not tensor else tensor.clone(memory_format=torch.contiguous_format)
+        shape[dim] = len(fresh)
+        if isinstance(fill, torch.Tensor):
+            tail = fill.to(device=tensor.device, dtype=tensor.dtype)
+        else:
+            tail = torch.full(shape, fill, dtype=tensor.dtype, device=tensor.device)
+        return torch.cat([base, tail], dim)
     out = torch.empty(shape, dtype=tensor.dtype, device=tensor.device)
     if len(keep):
-        index = torch.as_tensor(keep, device=tensor.device)
-        old = torch.as_tensor(source[keep], device=tensor.device)
+        index = _index(keep, tensor.device)
+        old = _index(source[keep], tensor.device)
         out.index_copy_(dim, index, tensor.index_select(dim, old))
     if len(fresh):
-        index = torch.as_tensor(fresh, device=tensor.device)
+        index = _index(fresh, tensor.device)
         if isinstance(fill, torch.Tensor):
             out.index_copy_(dim, index, fill.to(device=tensor.device, dtype=tensor.dtype))
         else:
             out.index_fill_(dim, index, fill)
+    return out
+
+
+def _index(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    index = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
+    return index if device.type == "cpu" else index.to(device)
+
+
+def remap_group_columns(tensor: torch.Tensor, group_cols: np.ndarray, fill: float) -> torch.Tensor:
+    """A grouped convolution's weight with new columns (dim 1) per group.
+
+    Args:
+        tensor: the weight (or a state tensor like it), its rows (dim 0) already in the new
+            layout: ``g`` groups of equal size, in order.
+        group_cols: ``[g, width]``: for each new group and column, the old column within the
+            group (-1: new, filled with ``fill``). A group whose columns are all new is a new
+            group (a depthwise filter added with its channel): its rows keep their values.
+        fill: the value of new columns in existing groups.
+
+    Example:
+        >>> w = torch.arange(4.).view(2, 2, 1, 1)  # 2 groups, one row and two columns each
+        >>> remap_group_columns(w, np.array([[1, -1], [0, 1]]), 0.0).flatten().tolist()
+        [1.0, 0.0, 2.0, 3.0]
+    """
+    groups, width = group_cols.shape
+    rows = tensor.shape[0]
+    per_group = rows // groups
+    new_group: np.ndarray = np.asarray((group_cols < 0).all(1))
+    index = np.where(group_cols >= 0, group_cols, 0)
+    index[new_group] = np.minimum(np.arange(width), tensor.shape[1] - 1)
+    trailing = [1] * (tensor.dim() - 2)
+    shape = [rows, width, *tensor.shape[2:]]
+    gather = torch.as_tensor(np.repeat(index, per_group, axis=0), device=tensor.device)
+    out = torch.gather(tensor, 1, gather.view(rows, width, *trailing).expand(shape))
+    fresh = (group_cols < 0) & ~new_group[:, None]
+    fresh[new_group] = np.arange(width) >= tensor.shape[1]
+    if fresh.any():
+        mask = torch.as_tensor(np.repeat(fresh, per_group, axis=0), device=tensor.device)
+        out = out.masked_fill(mask.view(rows, width, *trailing).expand(shape), fill)
     return out
 
 

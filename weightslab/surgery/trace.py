@@ -3,18 +3,29 @@
 A ``TorchFunctionMode`` intercepts every torch function the forward pass calls
 (so ``x.view(x.size(0), -1)``, ``torch.flatten``, ``out += identity``, ``torch.cat``
 all count) and computes, next to each activation, an int64 *key tensor* of the
-same shape: the key of the producer channel each element comes from. The rules
-are few and generic:
+same shape (``keys.py``): the key of the producer channel each element comes from.
+The rules are few and generic (``trace_rules.py`` lists the ops, ``trace_ops.py``
+and ``trace_followers.py`` apply them; this module holds the mode and the layers):
 
 - pointwise ops (relu, dropout, add, mul, ...) keep keys; two keyed operands are
   joined elementwise (a residual addition couples its members);
-- shape ops (view, flatten, permute, cat, getitem, ...) are applied to the key
-  tensor itself, so offsets of a concatenation and H×W column blocks of a
-  flatten come out right by construction;
+- shape ops (view, flatten, permute, cat, getitem, chunk, contiguous, ...) are
+  applied to the key tensor itself, so offsets of a concatenation, H×W column
+  blocks of a flatten and a channel shuffle come out right by construction;
 - spatial ops (pooling, padding, interpolation) and reductions over spatial
   dims keep each channel's key;
+- a layer reads each input column with one weight column: keys met in the same
+  column (tokens, positions) are joined;
+- a depthwise convolution joins its input channel c with its output channel c;
+  any other grouped convolution is recorded with its groups;
+- ``layer_norm``, ``group_norm`` and ``batch_norm`` keep keys, and their affine
+  entries and running statistics become *followers*, as do parameters added to,
+  multiplied with or concatenated to a stream (position embeddings, class tokens,
+  layer scales);
 - anything else pins the keys it touches (editing them is refused, with the
-  op's name in the message), as do keys that reach the model's output.
+  op's name and module in the message), as do keys that reach the model's output;
+- a network whose keyed tensors meet only width-agnostic ops is marked ``generic``:
+  the graph after an edit is then computed without a trace (``relayout.py``).
 
 The ops layers, while traced, compute with zero weights shaped to their actual
 input (and to a planned width when one is given), so a *planned* trace checks
@@ -25,49 +36,119 @@ Tracing never touches parameters, buffers, statistics or the model age.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from weightslab.surgery.graph import Graph, UnionFind
+from weightslab.surgery.graph import Graph, PlannedLayout, UnionFind
+from weightslab.surgery.keys import (
+    EXTERNAL,
+    compact,
+    key_dims,
+    normalize_dim,
+)
 from weightslab.surgery.modules import BatchNorm2dWithNeuronOps, Conv2dWithNeuronOps, NeuronLayer
-
-__all__ = ["trace_network"]
-
-_POINTWISE = frozenset(
-    ["abs", "neg", "relu", "relu6", "elu", "selu", "celu", "gelu", "silu", "mish", "sigmoid", "tanh", "hardtanh", "hardswish", "hardsigmoid", "leaky_relu", "softplus", "softsign", "logsigmoid", "tanhshrink", "threshold", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "square", "pow", "clamp", "clamp_min", "clamp_max", "clip", "add", "sub", "subtract", "mul", "multiply", "div", "divide", "true_divide", "truediv", "floor_divide", "rsub", "radd", "rmul", "rtruediv", "rdiv", "iadd", "isub", "imul", "itruediv", "idiv", "maximum", "minimum", "fmax", "fmin", "where", "masked_fill", "lerp", "addcmul", "addcdiv", "sin", "cos", "sign", "floor", "ceil", "round", "trunc", "reciprocal", "eq", "ne", "gt", "ge", "lt", "le", "logical_and", "logical_or", "logical_not", "float", "double", "half", "bfloat16", "to", "type", "type_as", "contiguous", "clone", "detach", "cuda", "cpu", "requires_grad", "nan_to_num", "erf"]
+from weightslab.surgery.trace_followers import follow_norm
+from weightslab.surgery.trace_ops import (
+    follow_pad,
+    follow_pointwise,
+    follow_reduce,
+    follow_shape,
+    follow_spatial,
 )
-_SHAPE = frozenset(
-    ["view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "permute", "transpose", "swapaxes", "swapdims", "t", "squeeze", "unsqueeze", "getitem", "narrow", "select", "cat", "concat", "concatenate", "stack", "hstack", "vstack", "split", "chunk", "unbind", "expand", "expand_as", "movedim", "moveaxis", "repeat", "tile", "flip"]
+from weightslab.surgery.trace_rules import (
+    FACTORIES,
+    MUTATING,
+    NORMS,
+    POINTWISE,
+    REDUCE,
+    SHAPE,
+    SIZE_READS,
+    SPATIAL,
+    arg,
+    op_name,
 )
-_SPATIAL = frozenset(
-    ["max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices", "lp_pool1d", "lp_pool2d", "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "pad"]
-)
-_REDUCE = frozenset(["mean", "sum", "amax", "amin", "max", "min", "std", "var", "logsumexp", "nansum", "nanmean", "prod", "median", "norm"])
-_MUTATING = frozenset({"setitem", "copy", "fill", "zero", "index_put", "masked_scatter", "scatter"})
-_EXTERNAL = -1
-_OUTPUT_REASON = "its neurons reach the model's output (they are the model's outputs)"
+
+__all__ = ["OUTPUT_REASON", "TracedForwardError", "Tracer", "loose_tensors", "trace_network"]
+
+OUTPUT_REASON = "its neurons reach the model's output (they are the model's outputs)"
+_KEY_LIMIT = 1 << 31  # keys stay below this, so a pair of keys packs into one int64
+_FOLLOWS_PARAMETER = frozenset({"expand", "expand_as", "broadcast_to", "to", "type_as", "float", "half", "double",
+                                "bfloat16", "contiguous", "clone", "detach", "get"})
+_CONTRACTING = frozenset({"matmul", "bmm", "baddbmm", "einsum", "mm", "scaled_dot_product_attention",
+                          "multi_head_attention_forward", "softmax", "log_softmax"})
+_WEIGHTED = frozenset({"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                       "conv_transpose3d", "bilinear", "embedding"})
+_RECURRENT = frozenset({"lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_cell", "gru_cell"})
 
 
-def _op_name(func: Any) -> str:
-    name = getattr(func, "__name__", None) or type(func).__name__
-    return name.strip("_")
+class TracedForwardError(RuntimeError):
+    """The traced forward pass raised inside a torch op; the message names the op and its module."""
 
 
-class _Tracer(TorchFunctionMode):
-    def __init__(self, names: Mapping[NeuronLayer, str], bases: Mapping[str, np.ndarray]) -> None:
+def loose_tensors(network: nn.Module, layer_names: Mapping[NeuronLayer, str]) -> dict[str, torch.Tensor]:
+    """The floating-point parameters and buffers of ``network`` outside its ops layers, by qualified name."""
+    own = {id(t) for layer in layer_names for t in (*layer.parameters(recurse=False), *layer.buffers(recurse=False))}  # type: ignore[attr-defined]
+    found: dict[str, torch.Tensor] = {}
+    for name, tensor in (*network.named_parameters(), *network.named_buffers()):
+        if id(tensor) not in own and tensor.is_floating_point() and tensor.numel() > 1:
+            found[name] = tensor
+    return found
+
+
+def _why_pinned(name: str, where: str) -> str:
+    if name in _CONTRACTING:
+        return f"they pass through `{name}`{where}, which multiplies activations with each other (attention or a " \
+               "similar product), and surgery does not follow that"
+    if name in _WEIGHTED:
+        return f"they are read by `{name}`{where} with weights outside an ops layer (a module convert_to_ops " \
+               "does not convert)"
+    if name in _RECURRENT:
+        return f"they feed the recurrent layer `{name}`{where}, which surgery does not edit"
+    return f"they pass through `{name}`{where}, which mixes or reorders neurons"
+
+
+class Tracer(TorchFunctionMode):
+    """The TorchFunctionMode of one trace: the key tensors, joins, pins and the graph being built."""
+
+    def __init__(
+        self,
+        names: Mapping[NeuronLayer, str],
+        bases: Mapping[str, np.ndarray],
+        planned: PlannedLayout,
+        loose: Mapping[str, torch.Tensor],
+        module_names: Mapping[nn.Module, str],
+    ) -> None:
         super().__init__()
         self.names = names
         self.bases = bases
+        self.planned = planned
+        self.module_names = module_names
         self.tags: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor, str | None]] = {}
+        self.loose: dict[int, tuple[str, torch.Tensor]] = {id(t): (n, t) for n, t in loose.items()}
+        self.by_name = dict(loose)  # the tensor a follower is while traced (its stand-in in a planned trace)
+        self.stand_ins: dict[int, torch.Tensor] = {}  # id of a follower → a zero tensor of its planned shape
+        for name, shape in planned.tensors.items():
+            if name in loose:
+                stand_in = torch.zeros(shape, dtype=loose[name].dtype, device=loose[name].device)
+                self.stand_ins[id(loose[name])] = stand_in
+                self.loose[id(stand_in)] = (name, stand_in)
+                self.by_name[name] = stand_in
+        self.derived: dict[int, tuple[weakref.ref[torch.Tensor], str, int]] = {}
+        self.weights: dict[int, Any] = {id(p): layer for layer in names for p in layer.parameters(recurse=False)}  # type: ignore[attr-defined]
         self.suppress = 0
         self.uf = UnionFind()
         self.pins: dict[int, str] = {}
         self.graph = Graph()
+        self.stack: list[tuple[str, nn.Module]] = []
+        self.failed_at = ""  # the op running, while it runs: where a forward that raises failed
 
     # -- tags -----------------------------------------------------------------------------------------------
 
@@ -94,167 +175,161 @@ class _Tracer(TorchFunctionMode):
             raise RuntimeError("not a keyed tensor")
         return entry[0]
 
+    def parameter_of(self, value: Any) -> tuple[str, torch.Tensor, int] | None:
+        """(name, tensor, offset) when ``value`` is a loose tensor or a broadcast of one (offset: added dims)."""
+        if not isinstance(value, torch.Tensor):
+            return None
+        found = self.loose.get(id(value))
+        if found is not None and found[1] is value:
+            return found[0], found[1], 0
+        entry = self.derived.get(id(value))
+        if entry is None or entry[0]() is not value:
+            return None
+        name, offset = entry[1], entry[2]
+        return name, self.by_name[name], offset
+
     def pin(self, keys: torch.Tensor | np.ndarray, reason: str, overwrite: bool = False) -> None:
-        for k in np.unique(np.asarray(keys)).tolist():
+        small = compact(keys) if isinstance(keys, torch.Tensor) else keys
+        for k in np.unique(np.asarray(small)).tolist():
             if k >= 0 and (overwrite or k not in self.pins):
                 self.pins[k] = reason
 
     def join(self, a: torch.Tensor, b: torch.Tensor) -> None:
         both = (a >= 0) & (b >= 0) & (a != b)
         if both.any():
-            pairs = torch.stack([a[both], b[both]], 1).unique(dim=0).tolist()
-            for x, y in pairs:
-                self.uf.union(x, y)
+            codes = torch.unique(a[both] * _KEY_LIMIT + b[both]).tolist()
+            for code in codes:
+                self.uf.union(code // _KEY_LIMIT, code % _KEY_LIMIT)
+
+    def where(self) -> str:
+        return f" in {self.stack[-1][0] or 'the model'}" if self.stack else ""
+
+    def not_generic(self, reason: str) -> None:
+        if self.graph.generic:
+            self.graph.generic = False
+            self.graph.generic_reason = reason + self.where()
+
+    # -- modules --------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def modules_followed(self) -> Iterator[None]:
+        def enter(module: nn.Module, args: Any) -> None:
+            self.stack.append((self.module_names.get(module, "?"), module))
+
+        def leave(module: nn.Module, args: Any, output: Any) -> None:
+            if self.stack:
+                self.stack.pop()
+
+        handles = [register_module_forward_pre_hook(enter), register_module_forward_hook(leave)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     # -- the interception -----------------------------------------------------------------------------------
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         if self.suppress:
-            return out
+            return func(*args, **kwargs)
+        if self.stand_ins:
+            args, kwargs = tree_map(lambda v: self.stand_ins.get(id(v), v) if isinstance(v, torch.Tensor) else v,
+                                    (args, kwargs))
         leaves, _ = tree_flatten((args, kwargs))
         tagged = [t for t in leaves if self.get(t) is not None]
+        name = op_name(func)
+        owned = [self.weights[id(t)] for t in leaves if isinstance(t, torch.Tensor) and id(t) in self.weights]
+        if owned:
+            layer = owned[0]
+            if name == "linear" and len(owned) <= 2 and arg(args, kwargs, 1, "weight") is layer.weight:
+                # The layer's weights used functionally (e.g. attention code): the same as calling the layer.
+                return self.layer_forward(layer, args[0])
+            for other in owned:
+                self.graph.read_by.setdefault(self.names[other], f"`{name}`{self.where()}")
         if not tagged:
+            self.failed_at = f"`{name}`{self.where()}"
+            out = func(*args, **kwargs)
+            self.failed_at = ""
+            self._follow_parameter(name, leaves, out)
             return out
-        name = _op_name(func)
+        if name in NORMS and self.get(args[0]) is not None:
+            return follow_norm(self, name, func, args, kwargs)
+        self.failed_at = f"`{name}`{self.where()}"
+        try:
+            out = func(*args, **kwargs)
+        except Exception:
+            self.failed_at += self._constants(leaves)
+            raise
+        self.failed_at = ""
         try:
             self._propagate(name, func, args, kwargs, out, tagged)
         except Exception as error:  # noqa: BLE001 - an op we cannot follow pins, it never breaks the trace
             for t in tagged:
-                self.pin(self.keys(t), f"they pass through `{name}`, which the tracer could not follow ({error})")
+                self.pin(self.keys(t), f"they pass through `{name}`{self.where()}, which the tracer could not follow "
+                                       f"({error})")
         return out
 
+    def _constants(self, leaves: list[Any]) -> str:
+        """The integer attributes of the running module among an op's arguments: sizes its code fixes."""
+        if not self.stack:
+            return ""
+        sizes = {v for v in leaves if isinstance(v, int) and not isinstance(v, bool) and v > 1}
+        module = self.stack[-1][1]
+        found = [f"{attr}={value}" for attr, value in sorted(vars(module).items())
+                 if not attr.startswith("_") and isinstance(value, int) and not isinstance(value, bool)
+                 and value in sizes]
+        return f" (with {', '.join(found)} of that module)" if found else ""
+
+    def _follow_parameter(self, name: str, leaves: list[Any], out: Any) -> None:
+        if name not in _FOLLOWS_PARAMETER or not isinstance(out, torch.Tensor):
+            return
+        for leaf in leaves:
+            found = self.parameter_of(leaf)
+            if found is not None:
+                offset = found[2] + out.dim() - leaf.dim()
+                self.derived[id(out)] = (weakref.ref(out), found[0], offset)
+                return
+
     def _propagate(self, name: str, func: Any, args: Any, kwargs: Any, out: Any, tagged: list) -> None:
+        if name in SIZE_READS or (name == "get" and isinstance(out, torch.Size)):
+            self._size_read(name, args, kwargs)
+            return
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        if name in ("size", "dim", "numel", "stride", "is_contiguous", "is_floating_point", "shape"):
+        if name in ("dim", "stride", "is_contiguous", "is_floating_point") or name in FACTORIES:
             return
         if not outs:
-            if name in _MUTATING:
+            if name in MUTATING:
                 for t in tagged:
-                    self.pin(self.keys(t), f"they are modified in place by `{name}`")
+                    self.pin(self.keys(t), f"they are modified in place by `{name}`{self.where()}")
             return
-        if name in _POINTWISE or (name in ("max", "min") and isinstance(_arg(args, kwargs, 1, "other"), torch.Tensor)):
-            self._pointwise(name, args, kwargs, outs[0], tagged)
-        elif name in _SHAPE or name == "get":  # "get": tensor properties such as .data or .T
-            self._shape(func, args, kwargs, out, tagged)
-        elif name in _SPATIAL:
-            self._spatial(name, args, kwargs, outs)
-        elif name in _REDUCE:
-            self._reduce(name, args, kwargs, outs)
+        if name in POINTWISE or (name in ("max", "min") and isinstance(arg(args, kwargs, 1, "other"), torch.Tensor)):
+            follow_pointwise(self, name, args, kwargs, outs[0])
+        elif name in SHAPE or name == "get":  # "get": tensor properties such as .data or .T
+            follow_shape(self, name, func, args, kwargs, out, tagged)
+        elif name == "pad":
+            follow_pad(self, args, kwargs, outs[0])
+        elif name in SPATIAL:
+            follow_spatial(self, name, args, outs)
+        elif name in REDUCE:
+            follow_reduce(self, name, args, kwargs, outs)
         else:
             for t in tagged:
-                self.pin(self.keys(t), f"they pass through `{name}`, which mixes or reorders neurons")
+                self.pin(self.keys(t), _why_pinned(name, self.where()))
             if len(outs) == 1 and outs[0].shape == tagged[0].shape:
                 # Keep following (pinned) keys, so that reaching the output is still reported as such.
                 self.tag(outs[0], self.keys(tagged[0]), None)
 
-    def _pointwise(self, name: str, args: Any, kwargs: Any, out: torch.Tensor, tagged: list) -> None:
-        shape = out.shape
-        result: torch.Tensor | None = None
-        origins = set()
-        for operand in tree_flatten((args, {k: v for k, v in kwargs.items() if k != "out"}))[0]:
-            if not isinstance(operand, torch.Tensor):
-                continue
-            entry = self.get(operand)
-            if entry is None:
-                if operand.numel() > 1:
-                    self._foreign_operand(name, operand, shape, tagged)
-                continue
-            keys = torch.broadcast_to(entry[0], shape)
-            origins.add(entry[1])
-            if result is None:
-                result = keys.clone()
-                continue
-            self.join(result, keys)
-            mixed = (result >= 0) ^ (keys >= 0)
-            if mixed.any():
-                self.pin(torch.cat([result[mixed], keys[mixed]]), f"`{name}` combines them with external values")
-            result = torch.where(result >= 0, result, keys)
-        if result is None:
-            raise RuntimeError("no keyed operand")
-        self.tag(out, result, origins.pop() if len(origins) == 1 else None)
-
-    def _foreign_operand(self, name: str, operand: torch.Tensor, shape: torch.Size, tagged: list) -> None:
-        # A tensor no ops layer produced: harmless if it only broadcasts along the dims where keys vary.
-        offset = len(shape) - operand.dim()
-        for t in tagged:
-            keys = torch.broadcast_to(self.keys(t), shape)
-            for d in range(operand.dim()):
-                dim = d + offset
-                if operand.shape[d] > 1 and keys.shape[dim] > 1:
-                    first = keys.narrow(dim, 0, 1)
-                    if not bool((keys == first).all()):
-                        self.pin(keys, f"`{name}` combines them with a tensor no ops layer produced")
-                        return
-
-    def _shape(self, func: Any, args: Any, kwargs: Any, out: Any, tagged: list) -> None:
-        def substitute(value: Any) -> Any:
-            if not isinstance(value, torch.Tensor):
-                return value
-            entry = self.get(value)
-            if entry is not None:
-                return entry[0]
-            if value.is_floating_point():
-                return torch.full(value.shape, _EXTERNAL, dtype=torch.int64)
-            return value.cpu()
-
-        with torch.no_grad():
-            keyed = func(*tree_map(substitute, args), **tree_map(substitute, kwargs))
-        origins = {entry[1] for entry in map(self.get, tagged) if entry is not None}
-        origin = origins.pop() if len(origins) == 1 else None
-        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        key_outs = [t for t in tree_flatten(keyed)[0] if isinstance(t, torch.Tensor)]
-        if len(outs) != len(key_outs) or any(o.shape != k.shape for o, k in zip(outs, key_outs)):
-            raise RuntimeError("keys and values took different shapes")
-        for o, k in zip(outs, key_outs):
-            self.tag(o, k, origin)
-
-    def _spatial(self, name: str, args: Any, kwargs: Any, outs: list[torch.Tensor]) -> None:
-        source = args[0]
-        entry = self.get(source)
+    def _size_read(self, name: str, args: Any, kwargs: Any) -> None:
+        entry = self.get(args[0])
         if entry is None:
             return
-        keys, origin = entry
-        if name == "pad":
-            pad = _arg(args, kwargs, 1, "pad")
-            if len(pad) > 2 * (source.dim() - 2):
-                self.pin(keys, "`pad` pads the channel dimension")
-                return
-        per_channel = self._per_channel(keys, name)
-        if per_channel is None:
-            return
-        for o in outs:
-            if o.shape[:2] == keys.shape[:2] and o.is_floating_point():
-                view = per_channel.view(*per_channel.shape, *([1] * (o.dim() - 2)))
-                self.tag(o, view.expand(o.shape).clone(), origin)
-
-    def _per_channel(self, keys: torch.Tensor, name: str) -> torch.Tensor | None:
-        flat = keys.flatten(2) if keys.dim() > 2 else keys.unsqueeze(-1)
-        if not bool((flat == flat[..., :1]).all()):
-            self.pin(keys, f"`{name}` mixes positions that belong to different neurons")
-            return None
-        return flat[..., 0]
-
-    def _reduce(self, name: str, args: Any, kwargs: Any, outs: list[torch.Tensor]) -> None:
-        source = args[0]
-        entry = self.get(source)
-        if entry is None:
-            return
-        keys, origin = entry
-        dim = _arg(args, kwargs, 2 if name == "norm" else 1, "dim")
-        keepdim = bool(_arg(args, kwargs, 3 if name == "norm" else 2, "keepdim") or False)
-        if dim is None:
-            self.pin(keys, f"`{name}` reduces over all neurons")
-            return
-        dims = tuple(dim) if isinstance(dim, list | tuple) else (int(dim),)
-        high = torch.amax(keys, dim=dims, keepdim=keepdim)
-        low = torch.amin(keys, dim=dims, keepdim=keepdim)
-        if not torch.equal(high, low):
-            self.pin(keys, f"`{name}` reduces over several neurons")
-            return
-        if outs[0].shape == high.shape:
-            self.tag(outs[0], high, origin)
+        dims = key_dims(entry[0])
+        dim = arg(args, kwargs, 1, "dim") if name == "size" else None
+        if dim is not None:
+            dims &= {normalize_dim(dim, args[0].dim())}
+        if dims:
+            self.not_generic(f"the code reads the size of a channel dimension (`{name}`)")
 
     # -- the ops layers -------------------------------------------------------------------------------------
 
@@ -276,37 +351,68 @@ class _Tracer(TorchFunctionMode):
                     self.tag(out, keys_in, origin)
                 return out
             out_keys = torch.as_tensor(self.bases[name], dtype=torch.int64)
-            self._columns(name, keys_in, x, layer.channel_dim, is_bn=False)
-            module: Any = layer
+            columns = self._columns(name, keys_in, x, layer.channel_dim, is_bn=False)
             if isinstance(layer, Conv2dWithNeuronOps):
-                # Only the output shape matters: compute it on the meta device, for free.
-                meta_x = torch.empty(x.shape, device="meta", dtype=x.dtype)
-                weight = torch.empty((len(out_keys), x.shape[1] // module.groups, *module.kernel_size), device="meta", dtype=x.dtype)
-                out = x.new_zeros(module._conv_forward(meta_x, weight, None).shape)
-                if module.groups != 1:
-                    self.pin(out_keys, "the layer is a grouped convolution")
-                    if keys_in is not None:
-                        self.pin(keys_in, "they feed a grouped convolution")
+                out = self._conv_output(name, layer, x, columns, out_keys)
                 shape = [1, -1] + [1] * (out.dim() - 2)
             else:
                 out = x.new_zeros((*x.shape[:-1], len(out_keys)))
                 shape = [1] * (out.dim() - 1) + [-1]
             self.graph.executed.add(name)
             self.graph.out_keys[name] = out_keys.numpy()
-            self.tag(out, out_keys.view(shape).expand(out.shape).clone(), name)
+            self.tag(out, out_keys.view(shape).expand(out.shape), name)
             return out
         finally:
             self.suppress -= 1
 
+    def _conv_output(
+        self, name: str, layer: Any, x: torch.Tensor, columns: np.ndarray, out_keys: torch.Tensor
+    ) -> torch.Tensor:
+        groups = self.planned.groups.get(name, layer.groups)
+        if x.shape[1] % groups or len(out_keys) % groups:
+            raise RuntimeError(
+                f"{name} would have {x.shape[1]} input and {len(out_keys)} output channels in {groups} groups"
+            )
+        # Only the output shape matters: compute it on the meta device, for free.
+        meta_x = torch.empty(x.shape, device="meta", dtype=x.dtype)
+        weight = torch.empty((len(out_keys), x.shape[1] // groups, *layer.kernel_size), device="meta", dtype=x.dtype)
+        if layer.padding_mode != "zeros":
+            meta_x = nn.functional.pad(meta_x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
+            padding: Any = 0
+        else:
+            padding = layer.padding
+        shape = nn.functional.conv2d(meta_x, weight, None, layer.stride, padding, layer.dilation, groups).shape
+        if groups != 1:
+            self.graph.groups[name] = groups
+            if x.shape[1] == groups == len(out_keys) and (columns >= 0).all():
+                # Depthwise: input channel c and output channel c are one unit.
+                self.join(torch.as_tensor(columns), out_keys)
+                self.graph.depthwise.add(name)
+        return x.new_zeros(shape)
+
+    def columns_of(self, keys: torch.Tensor, dim: int, what: str) -> np.ndarray:
+        """The key of each index along ``dim``; keys met at one index (tokens, positions) are joined."""
+        width = keys.shape[dim]
+        small = compact(keys).movedim(dim, -1)
+        if small.shape[-1] != width:
+            small = small.expand(*small.shape[:-1], width)
+        flat = small.reshape(-1, width)
+        first = flat[0]
+        if flat.shape[0] > 1:
+            rest = flat[1:]
+            mixed = (rest < 0) != (first < 0)
+            if mixed.any():
+                self.pin(torch.cat([rest[mixed], first.expand_as(rest)[mixed]]),
+                         f"{what}{self.where()} reads values of ops layers and external values as one channel")
+            self.join(first.expand_as(rest), rest)
+        return first.numpy().copy()
+
     def _columns(self, name: str, keys: torch.Tensor | None, x: torch.Tensor, dim: int, is_bn: bool) -> np.ndarray:
         width = x.shape[dim]
         if keys is None:
-            columns = np.full(width, _EXTERNAL, dtype=np.int64)
+            columns = np.full(width, EXTERNAL, dtype=np.int64)
         else:
-            moved = keys.movedim(dim, -1).reshape(-1, width)
-            if not bool((moved == moved[:1]).all()):
-                self.pin(keys, f"layer {name} reads positions that belong to different neurons as one input")
-            columns = moved[0].numpy().copy()
+            columns = self.columns_of(keys, dim % x.dim(), f"layer {name}")
         table = self.graph.bn_keys if is_bn else self.graph.in_keys
         previous = table.get(name)
         if previous is not None and not np.array_equal(previous, columns):
@@ -317,17 +423,11 @@ class _Tracer(TorchFunctionMode):
         return columns
 
 
-def _arg(args: Any, kwargs: Mapping[str, Any], position: int, key: str) -> Any:
-    if key in kwargs:
-        return kwargs[key]
-    return args[position] if len(args) > position else None
-
-
 def trace_network(
     network: torch.nn.Module,
     example: tuple[Any, ...],
     layer_names: Mapping[NeuronLayer, str],
-    planned_keys: Mapping[str, np.ndarray] | None = None,
+    planned: PlannedLayout | None = None,
 ) -> Graph:
     """Trace ``network`` on ``example`` inputs and return its :class:`Graph`.
 
@@ -335,37 +435,39 @@ def trace_network(
         network: the network (its ops layers are switched to trace mode for the call).
         example: positional inputs of one forward pass (a small dummy batch).
         layer_names: every ops layer of the network → its qualified name.
-        planned_keys: for a planned trace, producer name → the keys its output
-            channels will have after the edit (survivors keep their keys, new
-            channels get fresh ones); other producers keep ``0..width`` numbering.
+        planned: for a planned trace, the widths to trace at (see :class:`PlannedLayout`);
+            producers it does not name keep ``0..width`` numbering.
 
     Raises:
         Exception: whatever the forward pass raises (e.g. a hard-coded shape that
         an edit would break); the caller turns it into a refusal.
     """
-    bases: dict[str, np.ndarray] = {}
-    next_key = 0
+    planned = planned or PlannedLayout()
+    bases = {name: np.asarray(keys, dtype=np.int64) for name, keys in planned.keys.items()}
+    next_key = max([0] + [int(k.max()) + 1 for k in bases.values() if len(k)])
     for layer, name in layer_names.items():
-        if isinstance(layer, BatchNorm2dWithNeuronOps):
+        if isinstance(layer, BatchNorm2dWithNeuronOps) or name in bases:
             continue
         bases[name] = np.arange(next_key, next_key + layer.neuron_count, dtype=np.int64)
         next_key += layer.neuron_count
     key_count = next_key
-    if planned_keys:
-        bases.update({name: np.asarray(keys, dtype=np.int64) for name, keys in planned_keys.items()})
-        key_count = max([key_count] + [int(k.max()) + 1 for k in planned_keys.values() if len(k)])
-    tracer = _Tracer(layer_names, bases)
+    module_names = {m: n for n, m in network.named_modules()}
+    tracer = Tracer(layer_names, bases, planned, loose_tensors(network, layer_names), module_names)
     modes = {m: m.training for m in network.modules()}
     for layer in layer_names:
         layer._layer_state.trace = tracer
     network.eval()
     try:
-        with torch.no_grad(), tracer:
+        with torch.no_grad(), tracer.modules_followed(), tracer:
             output = network(*example)
             for leaf in tree_flatten(output)[0]:
                 entry = tracer.get(leaf)
                 if entry is not None:
-                    tracer.pin(entry[0], _OUTPUT_REASON, overwrite=True)
+                    tracer.pin(entry[0], OUTPUT_REASON, overwrite=True)
+    except Exception as error:
+        if tracer.failed_at:
+            raise TracedForwardError(f"{tracer.failed_at} raised: {error}") from error
+        raise
     finally:
         for layer in layer_names:
             layer._layer_state.trace = None
@@ -376,6 +478,6 @@ def trace_network(
     graph.root = tracer.uf.roots(key_count)
     for key, reason in tracer.pins.items():
         root = int(graph.root[key])
-        if root not in graph.pinned or reason == _OUTPUT_REASON:
+        if root not in graph.pinned or reason == OUTPUT_REASON:
             graph.pinned[root] = reason
     return graph
