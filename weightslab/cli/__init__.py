@@ -13,6 +13,7 @@ One module per subcommand holds its parser (``register``) and its function
 ``weightslab sql``              :meth:`weightslab.history.store.Store.query`
 ``weightslab export``           :func:`weightslab.history.export.export_experiment`
 ``weightslab db upgrade``       :func:`weightslab.history.migrate.upgrade`
+``weightslab ui``               :func:`weightslab.ui.server.serve`
 ==============================  ===============================================
 
 ``options`` holds what they share (``--store``, ``--format``, help with
@@ -32,14 +33,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from weightslab.cli import audit, db, diff, events, experiments, export, lineage, replay, sql
+from weightslab.cli import audit, db, diff, events, experiments, export, lineage, replay, sql, ui
 from weightslab.cli.options import EPILOG
 from weightslab.errors import WeightsLabError
 
 __all__ = ["build_parser", "main"]
 
 # The subcommands, in the order --help lists them.
-_COMMANDS = (experiments, events, audit, lineage, diff, replay, sql, export, db)
+_COMMANDS = (experiments, events, audit, lineage, diff, replay, sql, export, db, ui)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,39 +1,61 @@
-"""TensorBoard logs of an experiment: curves against model age, and a marker per operation."""
+"""TensorBoard logs of an experiment: one run per branch, curves against model age, a marker per operation.
+
+Each branch of the lineage (:mod:`weightslab.ui.branches`: ``c0``, ``c1-from-c0``, …)
+is a run of its own, a folder under the experiment's log directory, so the step
+(the model age) only grows within a run: after a ``load`` the age goes back, and
+TensorBoard's loaders drop or purge points that go back within one run.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from weightslab.events.domain import DomainEvent, Evaluated, StepsTrained
+from weightslab.events.domain import (
+    CheckpointDumped,
+    CheckpointLoaded,
+    DomainEvent,
+    Evaluated,
+    ExperimentCreated,
+    ExperimentResumed,
+    StepsTrained,
+)
+from weightslab.history.log import walk
+from weightslab.ui.branches import BranchTracker
 
 if TYPE_CHECKING:
     from weightslab.experiment.runtime import Runtime
 
-__all__ = ["Board", "TensorBoardLog"]
+__all__ = ["MARKERS_PER_TAG", "Board", "TensorBoardLog"]
 
 #: Curves reach the event file within this many seconds (operation markers at once).
 FLUSH_SECS = 5
+#: TensorBoard keeps 10 text samples per run and tag by default (``--samples_per_plugin``, and the
+#: ``EventAccumulator``'s size guidance): markers go 10 to a tag, ``operations/01``, ``operations/02``, …
+MARKERS_PER_TAG = 10
 
 
 class TensorBoardLog:
-    """A thin wrapper over ``SummaryWriter`` with WeightsLab's tag names.
+    """A thin wrapper over one run's ``SummaryWriter`` with WeightsLab's tag names.
 
     Tags: ``train/loss``, ``train/accuracy``, ``eval/loss``, ``eval/accuracy``
     (step = model age in samples), ``neurons/layer_<i>`` (width per layer),
-    ``trigger_rate/layer_<i>/<split>`` (histograms), and text ``operations``
-    (one marker per edit, deny/allow, dump and load).
+    ``trigger_rate/layer_<i>/<split>`` (histograms), and text ``operations/NN``
+    (one marker per edit, deny/allow, dump, load and resume; :data:`MARKERS_PER_TAG` per tag).
     """
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, markers: int = 0) -> None:
+        """``markers``: how many markers the run holds already (written by an earlier process)."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
         self._writer = SummaryWriter(log_dir=str(self.logdir), flush_secs=FLUSH_SECS)
         self._last_widths: tuple[tuple[int, ...], int] | None = None
+        self._markers = markers
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         for k, v in values.items():
@@ -54,7 +76,9 @@ class TensorBoardLog:
                 self._writer.add_histogram(f"trigger_rate/layer_{layer}/{split}", r.float().cpu(), global_step=step)
 
     def marker(self, seq: int, text: str, step: int) -> None:
-        self._writer.add_text("operations", f"seq {seq}: {text}", global_step=step)
+        tag = f"operations/{self._markers // MARKERS_PER_TAG + 1:02d}"
+        self._markers += 1
+        self._writer.add_text(tag, f"seq {seq}: {text}", global_step=step)
 
     def flush(self) -> None:
         self._writer.flush()
@@ -65,37 +89,70 @@ class TensorBoardLog:
 
 class Board:
     """An experiment's TensorBoard glue: curves after each train/eval call, a marker and the layer widths
-    after every other event. The writer starts on first use (a replica never writes)."""
+    after every other event, each in the run of its branch. The writer starts on first use (a replica
+    never writes); one run's writer is open at a time (a branch, once left, gets no more events)."""
 
     def __init__(self, rt: Runtime, logdir: Path) -> None:
         self._rt = rt
         self.logdir = logdir
         self._log: TensorBoardLog | None = None
-
-    def _writer(self) -> TensorBoardLog:
-        if self._log is None:
-            self._log = TensorBoardLog(self.logdir)
-        return self._log
+        self._run: str | None = None  # the run self._log writes
+        self._branches: BranchTracker | None = None
+        self._markers: Counter[str] = Counter()  # markers per run, this process's and those before it
+        self._start: tuple[int, list[int]] | None = None  # (age, widths) a branch after a dump starts from
 
     def on_event(self, row: Any, event: DomainEvent) -> None:
-        """Recorder listener: mark every event but training and evaluation (those are curves)."""
+        """Recorder listener: follow the branches; mark every event but training and evaluation (curves)."""
+        branches = self._tracker(before=row.seq, first=event)
+        branch = branches.advance(event)
         if isinstance(event, StepsTrained | Evaluated):
             return
         age = self._rt.model_age
-        self._writer().marker(row.seq, event.summary(), age)
-        self._writer().widths(self._rt.widths(), age)  # on disk within FLUSH_SECS, and at close()
+        if isinstance(event, ExperimentCreated | CheckpointLoaded | ExperimentResumed):
+            self._start = None  # the event sets the state: its branch starts here, not after the last dump
+        log = self._writer(branch)
+        log.marker(row.seq, event.summary(), age)
+        self._markers[branch] += 1
+        log.widths(self._rt.widths(), age)  # on disk within FLUSH_SECS, and at close()
+        if isinstance(event, CheckpointDumped):
+            self._start = (age, self._rt.widths())  # where the branch after the dump starts
 
     def scalars(self, split: str, loss: float, acc: float) -> None:
         # No flush here: TensorBoard's writer thread flushes every few seconds (flush_secs), and a
         # flush per training call would make the training loop wait for a disk write.
-        self._writer().scalars(split, {"loss": loss, "accuracy": acc}, self._rt.model_age)
+        self._writer(self._current()).scalars(split, {"loss": loss, "accuracy": acc}, self._rt.model_age)
 
     def trigger_rates(self) -> None:
         rates = {(i, split): layer.trigger_rates(split)
                  for i, layer in enumerate(self._rt.model.layers) for split in ("train", "eval")}
-        self._writer().trigger_rates(rates, self._rt.model_age)
+        self._writer(self._current()).trigger_rates(rates, self._rt.model_age)
 
     def close(self) -> None:
         if self._log is not None:
             self._log.close()
-            self._log = None
+            self._log, self._run = None, None
+
+    # -- branches and runs ---------------------------------------------------------------------------
+    def _tracker(self, *, before: int | None = None, first: DomainEvent | None = None) -> BranchTracker:
+        """The branch tracker, caught up on the log before seq ``before`` when this process did not see it
+        (a reopened experiment: its first event here is the resume)."""
+        if self._branches is None:
+            self._branches = BranchTracker()
+            if not isinstance(first, ExperimentCreated):
+                for entry in walk(self._rt.store, self._rt.name, strict=False):
+                    if before is None or entry.seq < before:
+                        branch = self._branches.advance(entry.event)
+                        self._markers[branch] += not isinstance(entry.event, StepsTrained | Evaluated)
+        return self._branches
+
+    def _current(self) -> str:
+        return self._tracker().branch()
+
+    def _writer(self, run: str) -> TensorBoardLog:
+        if self._log is None or run != self._run:
+            self.close()
+            self._log, self._run = TensorBoardLog(self.logdir / run, self._markers[run]), run
+            if self._start is not None:  # the branch after a dump: its widths where it starts
+                self._log.widths(self._start[1], self._start[0])
+        self._start = None
+        return self._log
