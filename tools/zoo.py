@@ -506,11 +506,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         report = _run_isolated(name, layers, args.timeout)
         reports.append(report)
-        counts = defaultdict(int)
+        counts: dict[str, int] = defaultdict(int)
         for o in report.outcomes:
             counts[o.status] += 1
         print(f"{name:22s} {report.seconds:7.1f} s  " + " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
               + (f"  ERROR {report.error}" if report.error else ""), flush=True)
+        if args.json:  # after every model: a run cut short still leaves what it measured
+            with open(args.json, "w") as f:
+                json.dump({"rows": summarize(reports), "reports": [asdict(r) for r in reports]}, f, indent=1)
     rows = summarize(reports)
     print()
     print(format_table(rows))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from weightslab.errors import SurgeryError
-from weightslab.surgery import LinearWithNeuronOps, convert_to_ops
+from weightslab.surgery import LinearWithNeuronOps, MultiheadAttentionWithNeuronOps, convert_to_ops
 from weightslab.surgery.convert import EXCLUDED
 
 
@@ -57,13 +57,13 @@ class Encoder(nn.Module):
         return self.head(self.block(self.embed(x)).mean(1))
 
 
-def test_attention_stays_as_it_is_its_feed_forward_block_is_editable_and_refusals_name_attention():
+def test_before_version_3_attention_stays_as_it_is_its_feed_forward_block_is_editable_and_refusals_name_it():
     torch.manual_seed(0)
     model = Encoder().eval()
     x = torch.randn(2, 5, 4)
     with torch.no_grad():
         before = model(x)
-    net = convert_to_ops(model)
+    net = convert_to_ops(model, version=2)
     block = model.block
     assert not isinstance(block.self_attn.out_proj, LinearWithNeuronOps)  # listed in EXCLUDED
     with torch.no_grad():
@@ -72,3 +72,22 @@ def test_attention_stays_as_it_is_its_feed_forward_block_is_editable_and_refusal
     assert block.linear1.out_features == 14 and block.linear2.in_features == 14
     with pytest.raises(SurgeryError, match="`multi_head_attention_forward` in model.block.self_attn"):
         net.prune(layer_index=net.layers.index(model.embed), neuron_indices={0})  # the residual stream
+
+
+def test_a_transformer_encoder_layers_attention_is_converted_and_its_residual_stream_is_editable():
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    x = torch.randn(2, 5, 4)
+    with torch.no_grad():
+        before = model(x)  # torch's inference fast path
+    net = convert_to_ops(model)
+    block = model.block
+    assert isinstance(block.self_attn, MultiheadAttentionWithNeuronOps)
+    with torch.no_grad():
+        after = net(x)  # the converted attention, called by the layer (its fast path is off)
+    assert float((after - before).abs().max() / before.abs().max()) < 1e-6
+    net.prune(layer_index=net.layers.index(model.embed), neuron_indices={0})  # the residual stream
+    assert block.self_attn.embed_dim == 7 and block.norm1.normalized_shape == (7,)
+    assert block.linear1.in_features == 7 and block.linear2.out_features == 7 and model.head.in_features == 7
+    assert block.self_attn.head_dim == 4  # the heads keep their width
+    assert net(x).shape == (2, 3)

@@ -221,20 +221,30 @@ class Recurrent(torch.nn.Module):
         super().__init__()
         self.embed = torch.nn.Linear(4, 8)
         self.rnn = torch.nn.LSTM(8, 6, batch_first=True)
-        self.head = torch.nn.Linear(6, 2)
+        self.stacked = torch.nn.GRU(6, 5, num_layers=2, batch_first=True)  # two layers: stays a plain GRU
+        self.head = torch.nn.Linear(5, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, _ = self.rnn(torch.relu(self.embed(x)))
-        return self.head(y[:, -1])
+        z, _ = self.stacked(y)
+        return self.head(z[:, -1])
 
 
-def test_a_layer_that_feeds_a_recurrent_layer_is_refused_naming_it():
+def test_a_recurrent_network_gets_the_graph_after_an_edit_without_a_trace_as_a_trace_would():
     model = convert_to_ops(Recurrent())
     model(torch.randn(2, 5, 4))
-    before = fingerprint(model)
-    with pytest.raises(SurgeryError, match="they feed the recurrent layer `lstm` in model.rnn, which surgery does not edit"):
-        model.add_neurons(layer_index=0, neuron_count=1)
-    assert_same(before, fingerprint(model))
+    assert [type(layer).__name__ for layer in model.layers] == ["LinearWithNeuronOps", "LSTMWithNeuronOps",
+                                                               "LinearWithNeuronOps"]
+    graph = model.dependency_graph()
+    assert not graph.generic  # the plain GRU reads its width from input_size, an attribute that follows
+    assert "model.stacked.input_size" in graph.sizes
+    for operation in (partial(model.plan_prune, 1, [2]), partial(model.plan_add_neurons, 1, 2),
+                      partial(model.plan_prune, 0, [0, 5])):
+        fast, slow = _plans(model, operation)
+        assert _same(fast, slow), (fast, slow)
+    model.prune(1, [2])  # the LSTM's hidden units: the GRU's input columns follow
+    assert model.model.stacked.input_size == 5 and model.model.stacked.weight_ih_l0.shape == (15, 5)
+    assert model(torch.randn(2, 5, 4)).shape == (2, 2)
 
 
 def test_a_reshape_fixed_by_attention_heads_is_refused_naming_the_constant():

@@ -58,7 +58,7 @@ def _snapshot(model: NetworkWithOps, optimizer: torch.optim.Optimizer) -> dict[s
     state["optimizer_entries"] = [(id(p), k, id(v)) for p in params for k, v in optimizer.state.get(p, {}).items()]
     state["frozen"] = [m.is_frozen for m in ops_layers]
     state["multipliers"] = [
-        [m.step_multiplier(role, getattr(m, role)) for role in ("weight", "bias") if getattr(m, role) is not None]
+        [m.step_multiplier(role, getattr(m, role)) for role in m.step_roles() if getattr(m, role) is not None]
         for m in ops_layers
     ]
     return state
@@ -151,7 +151,8 @@ def _attributes(model: NetworkWithOps) -> list[tuple[str, object]]:
     found = []
     for name, module in model.named_modules():
         for attr in ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-                     "normalized_shape", "num_channels", "num_groups"):
+                     "normalized_shape", "num_channels", "num_groups", "hidden_dim", "input_size", "hidden_size",
+                     "embed_dim"):
             if hasattr(module, attr):
                 found.append((f"{name}.{attr}", getattr(module, attr)))
     return found
@@ -187,3 +188,38 @@ def test_a_refused_edit_of_groups_and_followers_puts_every_attribute_back(edit):
     model.remove_observer(refuse)
     operation()
     assert _attributes(model) != attributes
+
+
+@pytest.mark.parametrize("edit", ["vit stream prune", "vit stream add", "lstm units prune", "lstm units add"])
+def test_a_refused_edit_of_a_vit_stream_or_recurrent_units_puts_every_attribute_back(edit):
+    from test_attention import _vit
+    from test_tracer_layouts import Recurrent
+
+    from weightslab.surgery import convert_to_ops
+
+    torch.manual_seed(0)
+    vit = edit.startswith("vit")
+    model = convert_to_ops(_vit() if vit else Recurrent())
+    x, y = (torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])) if vit else (torch.randn(4, 5, 4),
+                                                                                 torch.tensor([0, 1, 1, 0]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.attach_optimizer(optimizer)
+    train_step(model, optimizer, x, y)
+    index = 0 if vit else 1  # ViT's conv_proj (the stream); the LSTM
+    operation = (lambda: model.prune(layer_index=index, neuron_indices={1, 4})) if edit.endswith("prune") \
+        else (lambda: model.add_neurons(layer_index=index, neuron_count=2, seed=0))
+    graph = model.dependency_graph()
+    before, attributes = _snapshot(model, optimizer), _attributes(model)
+
+    def refuse(record: Any) -> None:
+        raise StoreDown("the store is down")
+
+    model.add_observer(refuse)
+    with pytest.raises(StoreDown):
+        operation()
+    assert_same(before, _snapshot(model, optimizer))
+    assert _attributes(model) == attributes and model.dependency_graph() is graph
+    model.remove_observer(refuse)
+    operation()
+    assert _attributes(model) != attributes
+    train_step(model, optimizer, x, y)

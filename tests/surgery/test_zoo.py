@@ -55,7 +55,7 @@ CI = {
 FULLY_EDITABLE = {
     "alexnet", "convnext", "densenet", "efficientnet", "efficientnet_v2", "googlenet", "inception", "mnasnet",
     "mobilenet_v2", "mobilenet_v3", "regnet_x", "regnet_y", "resnet", "resnext", "shufflenet", "squeezenet", "vgg",
-    "wide_resnet",
+    "vit", "wide_resnet",
 }
 
 

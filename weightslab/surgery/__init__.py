@@ -2,9 +2,11 @@
 
 Public names: :class:`NetworkWithOps`, :class:`Conv2dWithNeuronOps`,
 :class:`LinearWithNeuronOps`, :class:`BatchNorm2dWithNeuronOps`,
-:class:`TrackingMode`, :func:`convert_to_ops`, :class:`SurgeryPlan`.
+:class:`MultiheadAttentionWithNeuronOps`, :class:`TrackingMode`, :func:`convert_to_ops`,
+:class:`SurgeryPlan`.
 """
 
+from weightslab.surgery.attention import MultiheadAttentionWithNeuronOps
 from weightslab.surgery.convert import convert_to_ops
 from weightslab.surgery.modules import BatchNorm2dWithNeuronOps, Conv2dWithNeuronOps, LinearWithNeuronOps
 from weightslab.surgery.network import NetworkWithOps
@@ -15,6 +17,7 @@ __all__ = [
     "BatchNorm2dWithNeuronOps",
     "Conv2dWithNeuronOps",
     "LinearWithNeuronOps",
+    "MultiheadAttentionWithNeuronOps",
     "NetworkWithOps",
     "SurgeryPlan",
     "TrackingMode",

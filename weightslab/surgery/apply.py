@@ -79,7 +79,7 @@ def restorer(param: torch.Tensor, data: torch.Tensor, grad: torch.Tensor | None)
 
 
 def _step_of(layer: NeuronLayer, optimizer: torch.optim.Optimizer | None) -> int:
-    weight = getattr(layer, "weight", None)
+    weight = getattr(layer, layer.step_roles()[0], None)
     return param_step(optimizer, weight) if isinstance(weight, torch.Tensor) else 0
 
 
@@ -138,8 +138,8 @@ def stage_edit(
         if tensor is None:
             continue
         new = tensor.detach()
-        rows = edit.row_source if slot.row_dim is not None else None
-        cols = edit.col_source if slot.col_dim is not None else None
+        rows = _blocked(edit.row_source, layer.neuron_count, slot.blocks) if slot.row_dim is not None else None
+        cols = (edit.row_source if slot.own_cols else edit.col_source) if slot.col_dim is not None else None
         group_cols = None
         if grouped and slot.name == "weight":  # columns per group, not per input channel
             cols, group_cols = None, edit.group_cols
@@ -162,6 +162,13 @@ def stage_edit(
         staged.in_width = len(edit.col_source)
     staged.groups = edit.groups
     return staged
+
+
+def _blocked(source: np.ndarray | None, width: int, blocks: int) -> np.ndarray | None:
+    """A neuron source repeated for each of ``blocks`` stacked blocks of ``width`` rows (a recurrent layer's gates)."""
+    if source is None or blocks == 1:
+        return source
+    return np.concatenate([np.where(source >= 0, source + b * width, -1) for b in range(blocks)])
 
 
 def _zero_fill_transform(
@@ -190,8 +197,10 @@ def stage_tensor(owner: nn.Module, attr: str, edit: TensorEdit, optimizer: torch
 
 
 def set_attributes(owner: nn.Module, edit: AttributeEdit, log: UndoLog) -> None:
-    """Give a torch normalisation module the width of its channels after an edit, logged."""
-    if edit.kind == "layer_norm":
+    """Give a torch normalisation module (or a size attribute) the width of its channels after an edit, logged."""
+    if edit.kind == "size":
+        log.set_attr(owner, edit.attr, edit.width)
+    elif edit.kind == "layer_norm":
         log.set_attr(owner, "normalized_shape", (edit.width,))
     elif edit.kind == "group_norm":
         log.set_attr(owner, "num_channels", edit.width)
@@ -216,14 +225,16 @@ def stage_reinit(
     """
     staged = Staged(layer)
     step = _step_of(layer, optimizer)
-    rows = np.arange(layer.neuron_count, dtype=np.int64)
-    rows[indices] = -1
-    picked = torch.as_tensor(indices, dtype=torch.long)
     transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     for slot in layer.slots():
         tensor = getattr(layer, slot.name)
         if tensor is None or slot.row_dim is None or slot.name in _REINIT_SKIP:
             continue
+        width = layer.neuron_count
+        rows = np.arange(width * slot.blocks, dtype=np.int64)
+        chosen = [i + b * width for b in range(slot.blocks) for i in indices]  # the neurons' rows in every block
+        rows[chosen] = -1
+        picked = torch.as_tensor(sorted(chosen), dtype=torch.long)
         old_rows = tensor.detach().index_select(slot.row_dim, picked.to(tensor.device))
         is_param = _is_param(layer, slot.name)
         fill: torch.Tensor | float
@@ -232,7 +243,7 @@ def stage_reinit(
         elif slot.name.startswith("running_") and ratio is not None:
             fill = old_rows
         else:
-            fill = _fill(slot.row_fill, tensor, slot.row_dim, len(indices), layer, generator, step)
+            fill = _fill(slot.row_fill, tensor, slot.row_dim, len(chosen), layer, generator, step)
         staged.tensors[slot.name] = remap(tensor.detach(), slot.row_dim, rows, fill)
         if is_param:
             transforms[slot.name] = _zero_fill_transform(slot, rows, None)

@@ -15,7 +15,8 @@ ops layers that are laid out along channels (the affine entries and running
 statistics of a ``layer_norm`` / ``group_norm`` / ``batch_norm``, a position
 embedding or class token added to or concatenated with a stream, a layer scale),
 the modules whose integer attributes must follow a width (``nn.LayerNorm``'s
-``normalized_shape``, ``nn.GroupNorm``'s ``num_channels``), and the grouped
+``normalized_shape``, ``nn.GroupNorm``'s ``num_channels``, a size the model's code reshapes
+channels to, such as ViT's ``hidden_dim``), and the grouped
 convolutions and group norms, whose groups must keep equal widths.
 
 A graph is traced once and then kept: an edit computes the graph after it (by
@@ -85,11 +86,14 @@ class PlannedLayout:
             theirs, new channels get fresh ones); other producers keep theirs.
         groups: grouped convolution name → its number of groups after the edit.
         tensors: follower name → its shape after the edit.
+        sizes: ``module.attribute`` → its value after the edit (see ``Graph.sizes``); the trace sets it
+            for the time of the forward pass.
     """
 
     keys: dict[str, np.ndarray] = field(default_factory=dict)
     groups: dict[str, int] = field(default_factory=dict)
     tensors: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,6 +122,8 @@ class Graph:
         generic_reason: the first op that made the graph not ``generic``.
         read_by: ops layer name → the op that read its weights directly instead of calling it
             (e.g. ``multi_head_attention_forward`` reading an attention's ``out_proj``).
+        sizes: ``module.attribute`` → the keys of the channels whose number that integer attribute is
+            (a reshape of a channel dimension to it, e.g. ViT's ``hidden_dim``): it follows their width.
     """
 
     out_keys: dict[str, np.ndarray] = field(default_factory=dict)
@@ -137,6 +143,7 @@ class Graph:
     generic: bool = True
     generic_reason: str = ""
     read_by: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def copy(self, **changes: object) -> Graph:
         """A shallow copy with ``changes`` applied (tables are replaced, never mutated in place)."""

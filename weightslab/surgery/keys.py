@@ -24,6 +24,7 @@ __all__ = [
     "key_dims",
     "normalize_dim",
     "pad_keys",
+    "recompact",
 ]
 
 EXTERNAL = -1
@@ -35,6 +36,28 @@ def compact(keys: torch.Tensor) -> torch.Tensor:
         return keys
     index = tuple(slice(0, 1) if (s == 0 and n > 1) else slice(None) for s, n in zip(keys.stride(), keys.shape))
     return keys[index]
+
+
+def recompact(keys: torch.Tensor) -> torch.Tensor:
+    """``keys`` as a broadcast view along every dimension where they do not vary (same values).
+
+    Shape ops on broadcast keys (a reshape, a concatenation) copy them to full size; cut back,
+    every later op on them costs their number of channels again, not of activations.
+    """
+    small = compact(keys)
+    if small.dim() == 0 or small.numel() <= 64:
+        return keys
+    index = []
+    constant = False
+    for d in range(small.dim()):
+        if small.shape[d] > 1 and bool((small == small.narrow(d, 0, 1)).all()):
+            index.append(slice(0, 1))
+            constant = True
+        else:
+            index.append(slice(None))
+    if not constant:
+        return keys if small is keys else small.expand(keys.shape)
+    return small[tuple(index)].expand(keys.shape)
 
 
 def broadcast_dims(keys: torch.Tensor) -> set[int]:

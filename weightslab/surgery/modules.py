@@ -31,6 +31,8 @@ __all__ = [
     "LinearWithNeuronOps",
     "NeuronLayer",
     "Slot",
+    "counter_slots",
+    "row_col_slots",
 ]
 
 COUNTER_NAMES = ("train_trigger_count", "train_seen_count", "eval_trigger_count", "eval_seen_count")
@@ -47,6 +49,10 @@ class Slot:
         row_fill: value of new rows: a number, ``"init"`` (drawn like the
             initializer) or ``"step"`` (the optimizer step at birth).
         col_fill: value of new columns (a number or ``"step"``).
+        blocks: the rows are this many blocks stacked, each indexed by the neurons (a recurrent
+            layer's gates: neuron h is row h of every block).
+        own_cols: the columns are indexed by the layer's own neurons (a recurrent weight), not
+            by incoming ones.
     """
 
     name: str
@@ -54,6 +60,8 @@ class Slot:
     col_dim: int | None = None
     row_fill: float | str = 0.0
     col_fill: float | str = 0.0
+    blocks: int = 1
+    own_cols: bool = False
 
 
 class NeuronLayer:
@@ -107,6 +115,18 @@ class NeuronLayer:
     def _column_view(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Per-input-channel ``values`` shaped to broadcast against the weight ``like`` (dim 1: columns)."""
         return values.view([1, -1] + [1] * (like.dim() - 2))
+
+    def _row_view(self, values: torch.Tensor, param_name: str, like: torch.Tensor) -> torch.Tensor:
+        """Per-neuron ``values`` shaped to broadcast against the parameter ``like`` (dim 0: rows)."""
+        return values.view([-1] + [1] * (like.dim() - 1))
+
+    def _has_columns(self, param_name: str, like: torch.Tensor) -> bool:
+        """Whether ``param_name``'s dim 1 is indexed by incoming neurons."""
+        return param_name == "weight" and self.in_attr is not None and like.dim() > 1
+
+    def step_roles(self) -> tuple[str, ...]:
+        """The parameters whose updates per-neuron learning rates and young-row corrections adjust."""
+        return ("weight", "bias")
 
     def slots(self) -> list[Slot]:
         """The layer's tensors that follow its neurons (see :class:`Slot`)."""
@@ -242,9 +262,8 @@ class NeuronLayer:
         cached = state.mult_cache.get(param_name)
         if cached is None or cached.shape != like.shape or cached.dtype != like.dtype or cached.device != like.device:
             module: Any = self
-            rows = module.lr_row_multiplier
-            m = rows.view([-1] + [1] * (like.dim() - 1))
-            if param_name == "weight" and self.in_attr is not None and like.dim() > 1:
+            m = self._row_view(module.lr_row_multiplier, param_name, like)
+            if self._has_columns(param_name, like):
                 m = m * self._column_view(module.lr_col_multiplier, like)
             cached = m.expand(like.shape).to(device=like.device, dtype=like.dtype).contiguous()
             state.mult_cache[param_name] = cached
@@ -309,6 +328,16 @@ _ROW_COL_SLOTS = [
     Slot("row_birth_step", 0, None, "step"),
     Slot("col_birth_step", None, 0, col_fill="step"),
 ]
+
+
+def counter_slots() -> list[Slot]:
+    """The slots of the per-neuron trigger counters (every ops layer has them)."""
+    return list(_COUNTER_SLOTS)
+
+
+def row_col_slots() -> list[Slot]:
+    """The slots of the per-row and per-column settings of a layer with weight columns."""
+    return list(_ROW_COL_SLOTS)
 
 
 class Conv2dWithNeuronOps(NeuronLayer, nn.Conv2d):

@@ -167,6 +167,10 @@ class NetworkState:
             dtype = first.dtype  # follow model.double() / .half() done after the first forward
         return torch.zeros((2, *shape), dtype=dtype, device=device)
 
+    def can_trace(self) -> bool:
+        """Whether the network has seen an input (or was given an example), so that it can be traced."""
+        return self.example is not None
+
     def trace(self, planned: PlannedLayout | None = None) -> Graph:
         """Trace the network on a dummy batch (at the ``planned`` widths); see ``trace.py``."""
         example = self._example_batch()
@@ -209,7 +213,7 @@ class NetworkState:
         self.detach_optimizer()
         self.binding = OptimizerBinding(self, optimizer)
         for layer in self.layer_names():
-            weight = getattr(layer, "weight", None)
+            weight = getattr(layer, layer.step_roles()[0], None)
             module: Any = layer
             if weight is not None and weight not in optimizer.state and layer._layer_state.max_birth:
                 # A fresh optimizer: rows born at an old step of the previous one are not young in it.
@@ -231,7 +235,7 @@ class NetworkState:
             for layer in self.layer_names():
                 state = layer._layer_state
                 if state.lr_active or state.max_birth > 0:
-                    for role in ("weight", "bias"):
+                    for role in layer.step_roles():
                         param = getattr(layer, role, None)
                         if isinstance(param, nn.Parameter):
                             targets.append((param, layer, role))

@@ -168,7 +168,8 @@ class Surgery:
             if shape[follower.dim] != len(follower.keys):
                 shape[follower.dim] = len(follower.keys)
                 tensors[tensor_name] = tuple(shape)
-        layout = PlannedLayout({**graph.out_keys, **edit.planned}, {**graph.groups, **edit.groups}, tensors)
+        sizes = {path: len(keys) for path, keys in predicted.sizes.items() if len(keys) != len(graph.sizes[path])}
+        layout = PlannedLayout({**graph.out_keys, **edit.planned}, {**graph.groups, **edit.groups}, tensors, sizes)
         try:
             return state.trace(layout)
         except Exception as error:

@@ -143,8 +143,8 @@ class OptimizerBinding:
         group = self._group_of(param)
         beta1, beta2 = (float(b) for b in group.get("betas", (0.9, 0.999)))
         module: Any = layer
-        births = module.row_birth_step.view([-1] + [1] * (param.dim() - 1))
-        if role == "weight" and layer.in_attr is not None and param.dim() > 1:
+        births = layer._row_view(module.row_birth_step, role, param)
+        if layer._has_columns(role, param):
             births = torch.maximum(births, layer._column_view(module.col_birth_step, param))
         ratio = _adam_ratio(t, births, beta1, beta2)
         return ratio.expand(param.shape).to(dtype=param.dtype)

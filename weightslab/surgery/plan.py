@@ -88,11 +88,16 @@ class TensorEdit:
 
 @dataclass(frozen=True)
 class AttributeEdit:
-    """A torch module whose width attribute follows the edit (``kind``: layer_norm, group_norm, batch_norm)."""
+    """A module whose width attribute follows the edit.
+
+    ``kind``: ``layer_norm``, ``group_norm``, ``batch_norm`` (torch's attribute of that module), or
+    ``size``: the integer attribute ``attr`` the model's code reshapes channels to (ViT's ``hidden_dim``).
+    """
 
     module: str
     kind: str
     width: int
+    attr: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class SurgeryPlan:
         lines = [f"{self.kind} on {self.layer_name}:"]
         lines += [f"  {edit.describe()}" for edit in self.edits]
         lines += [f"  {tensor.describe()}" for tensor in self.tensors]
+        lines += [f"  {a.module or 'model'}.{a.attr} -> {a.width}" for a in self.attributes if a.kind == "size"]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -358,6 +364,11 @@ def finish_plan(
         after_keys = new.adapters.get(module, (norm, keys))[1]
         if not np.array_equal(keys, after_keys):
             attributes.append(AttributeEdit(module, norm, len(after_keys)))
+    for path, keys in old.sizes.items():
+        after_keys = new.sizes.get(path, keys)
+        if len(after_keys) != len(keys):
+            owner, _, attr = path.rpartition(".")
+            attributes.append(AttributeEdit(owner, "size", len(after_keys), attr))
     notes = tuple(
         f"{module} normalises these channels together: the outputs of its other channels change"
         for module, keys in old.normalised.items()

@@ -110,6 +110,7 @@ def relayout(graph: Graph, edit: KeyEdit) -> Graph:
         norm_groups=norm_groups,
         adapters={name: (kind, update(keys)) for name, (kind, keys) in graph.adapters.items()},
         normalised={name: update(keys) for name, keys in graph.normalised.items()},
+        sizes={name: update(keys) for name, keys in graph.sizes.items()},
         pinned=dict(graph.pinned),
         executed=set(graph.executed),
         depthwise=set(graph.depthwise),

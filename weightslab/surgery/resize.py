@@ -6,10 +6,11 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from weightslab.errors import ConfigurationError
+from weightslab.errors import ConfigurationError, SurgeryError
 from weightslab.surgery.apply import install_data, restorer
 from weightslab.surgery.network_state import NetworkState
 from weightslab.surgery.transaction import UndoLog
@@ -50,6 +51,8 @@ def load_state_resizing(network: nn.Module, state: NetworkState, state_dict: Map
                     "resized."
                 )
             followers.append(key)  # e.g. a layer norm's affine entries or a position embedding, after an edit
+    resized = followers or any(tuple(own[k].shape) != tuple(v.shape) for k, v in state_dict.items() if k in owned)
+    sizes = _size_producers(state) if resized else {}
     optimizer = state.optimizer
     log = UndoLog()
     for layer in prefixes.values():
@@ -61,6 +64,10 @@ def load_state_resizing(network: nn.Module, state: NetworkState, state_dict: Map
             _resize_follower(network, key, state_dict[key], optimizer, log)
         state.forget_graph()
         network.load_state_dict(state_dict, strict=True)
+        by_name = {name: layer for layer, name in names.items()}
+        for path, producer in sizes.items():
+            owner_name, _, attr = path.rpartition(".")
+            log.set_attr(network.get_submodule(owner_name), attr, by_name[producer].neuron_count)
     except Exception as error:
         log.rollback()
         for layer in names:
@@ -68,6 +75,27 @@ def load_state_resizing(network: nn.Module, state: NetworkState, state_dict: Map
         raise ConfigurationError(f"loading the state dict failed and was rolled back: {error}") from error
     state.forget_graph()
     state.invalidate_step_targets()
+
+
+def _size_producers(state: NetworkState) -> dict[str, str]:
+    """``module.attribute`` → the producer whose width it is (see ``Graph.sizes``), from the graph at the old widths.
+
+    Empty when the network cannot be traced (it has not seen an input): then no size attribute is known.
+    """
+    if not state.can_trace():
+        return {}
+    try:
+        graph = state.dependency_graph()
+    except SurgeryError:
+        return {}
+    found = {}
+    for path, keys in graph.sizes.items():
+        classes = graph.classes_of(keys)
+        for producer, out_keys in graph.out_keys.items():
+            if len(out_keys) == len(keys) and np.array_equal(graph.classes_of(out_keys), classes):
+                found[path] = producer
+                break
+    return found
 
 
 def _resize_layer(

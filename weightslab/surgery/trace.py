@@ -53,9 +53,10 @@ from weightslab.surgery.keys import (
     compact,
     key_dims,
     normalize_dim,
+    recompact,
 )
 from weightslab.surgery.modules import BatchNorm2dWithNeuronOps, Conv2dWithNeuronOps, NeuronLayer
-from weightslab.surgery.trace_followers import follow_norm
+from weightslab.surgery.trace_followers import follow_norm, follow_recurrent, recurrent_layer
 from weightslab.surgery.trace_ops import (
     follow_pad,
     follow_pointwise,
@@ -103,8 +104,15 @@ def loose_tensors(network: nn.Module, layer_names: Mapping[NeuronLayer, str]) ->
     return found
 
 
-def _why_pinned(name: str, where: str) -> str:
+def _why_pinned(name: str, where: str, module: nn.Module | None = None) -> str:
     if name in _CONTRACTING:
+        heads = getattr(module, "num_heads", None)
+        if isinstance(heads, int) and name in ("scaled_dot_product_attention", "matmul", "bmm", "softmax"):
+            size = getattr(module, "head_dim", None)
+            shape = f"num_heads={heads}" + (f", head_dim={size}" if isinstance(size, int) else "")
+            return f"they are the queries, keys or values of the attention heads{where} ({shape} of that module), " \
+                   "which `{name}` multiplies with each other; surgery edits the residual stream around attention " \
+                   "and its MLP layers, not the heads".replace("{name}", name)
         return f"they pass through `{name}`{where}, which multiplies activations with each other (attention or a " \
                "similar product), and surgery does not follow that"
     if name in _WEIGHTED:
@@ -159,7 +167,7 @@ class Tracer(TorchFunctionMode):
         def _drop(_: Any, ident: int = ident) -> None:
             tags.pop(ident, None)
 
-        tags[ident] = (weakref.ref(tensor, _drop), keys, origin)
+        tags[ident] = (weakref.ref(tensor, _drop), recompact(keys), origin)
 
     def get(self, value: Any) -> tuple[torch.Tensor, str | None] | None:
         if not isinstance(value, torch.Tensor):
@@ -255,9 +263,17 @@ class Tracer(TorchFunctionMode):
             return out
         if name in NORMS and self.get(args[0]) is not None:
             return follow_norm(self, name, func, args, kwargs)
+        if name in ("lstm", "gru", "rnn_tanh", "rnn_relu") and self.get(args[0]) is not None:
+            return follow_recurrent(self, name, func, args, kwargs)
         self.failed_at = f"`{name}`{self.where()}"
         try:
-            out = func(*args, **kwargs)
+            if name == "scaled_dot_product_attention" and len(args) >= 3:
+                # Only its shape matters to a trace (the values are those of zero weights): skip the product.
+                q, v = args[0], args[2]
+                torch.broadcast_shapes(q.shape[:-2], args[1].shape[:-2], v.shape[:-2])
+                out = q.new_zeros((*q.shape[:-1], v.shape[-1]))
+            else:
+                out = func(*args, **kwargs)
         except Exception:
             self.failed_at += self._constants(leaves)
             raise
@@ -314,8 +330,9 @@ class Tracer(TorchFunctionMode):
         elif name in REDUCE:
             follow_reduce(self, name, args, kwargs, outs)
         else:
+            reason = _why_pinned(name, self.where(), self.stack[-1][1] if self.stack else None)
             for t in tagged:
-                self.pin(self.keys(t), _why_pinned(name, self.where()))
+                self.pin(self.keys(t), reason)
             if len(outs) == 1 and outs[0].shape == tagged[0].shape:
                 # Keep following (pinned) keys, so that reaching the output is still reported as such.
                 self.tag(outs[0], self.keys(tagged[0]), None)
@@ -362,6 +379,14 @@ class Tracer(TorchFunctionMode):
             self.graph.out_keys[name] = out_keys.numpy()
             self.tag(out, out_keys.view(shape).expand(out.shape), name)
             return out
+        finally:
+            self.suppress -= 1
+
+    def recurrent_forward(self, layer: NeuronLayer, x: torch.Tensor, hx: Any, lstm: bool) -> tuple[torch.Tensor, Any]:
+        """A recurrent ops layer's call (see :func:`~weightslab.surgery.trace_followers.recurrent_layer`)."""
+        self.suppress += 1
+        try:
+            return recurrent_layer(self, layer, x, hx, lstm)
         finally:
             self.suppress -= 1
 
@@ -454,6 +479,12 @@ def trace_network(
     module_names = {m: n for n, m in network.named_modules()}
     tracer = Tracer(layer_names, bases, planned, loose_tensors(network, layer_names), module_names)
     modes = {m: m.training for m in network.modules()}
+    sizes = []  # (module, attribute, value): the sizes a planned trace sets for the time of the forward pass
+    for path, value in planned.sizes.items():
+        owner_name, _, attr = path.rpartition(".")
+        owner = network.get_submodule(owner_name)
+        sizes.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, value)
     for layer in layer_names:
         layer._layer_state.trace = tracer
     network.eval()
@@ -473,6 +504,8 @@ def trace_network(
             layer._layer_state.trace = None
         for module, training in modes.items():
             module.training = training
+        for owner, attr, value in reversed(sizes):
+            setattr(owner, attr, value)
     graph = tracer.graph
     graph.key_count = key_count
     graph.root = tracer.uf.roots(key_count)

@@ -4,8 +4,10 @@ A parameter or buffer added to, multiplied with or concatenated to keyed activat
 (a position embedding, a class token, a layer scale), and the affine entries and
 running statistics of ``layer_norm`` / ``group_norm`` / ``batch_norm``, are recorded as
 :class:`~weightslab.surgery.graph.Follower` s: an edit resizes them with the channels
-(new entries: 0 for what is added, 1 for what scales). Functions of the running
-:class:`~weightslab.surgery.trace.Tracer`.
+(new entries: 0 for what is added, 1 for what scales). Recurrent layers are followed here
+too: the input weights of a plain ``nn.LSTM``/``nn.GRU``/``nn.RNN`` follow the channels it
+reads, and a recurrent ops layer's call gives its output and final states its units' keys.
+Functions of the running :class:`~weightslab.surgery.trace.Tracer`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from weightslab.surgery.trace_rules import arg
 if TYPE_CHECKING:
     from weightslab.surgery.trace import Tracer
 
-__all__ = ["follow_in_cat", "follow_norm", "foreign_operand", "record_follower"]
+__all__ = ["follow_in_cat", "follow_norm", "follow_recurrent", "foreign_operand", "record_follower", "recurrent_layer"]
 
 _MULTIPLYING = frozenset({"mul", "multiply", "imul", "rmul", "div", "divide", "true_divide", "truediv", "itruediv",
                           "idiv", "rdiv", "rtruediv"})
@@ -137,3 +139,64 @@ def _run_pinned(tracer: Tracer, func: Any, args: Any, kwargs: Any, keys: torch.T
     out = func(*args, **kwargs)
     tracer.tag(out, keys, None)
     return out
+
+
+def follow_recurrent(tracer: Tracer, name: str, func: Any, args: Any, kwargs: Any) -> Any:
+    """A recurrent op (``lstm``, ``gru``, ``rnn_*``) reading keyed activations: its input weights follow them.
+
+    The columns of the first layer's input weights (``weight_ih_l0`` and, bidirectional,
+    ``weight_ih_l0_reverse``) are laid out along the input's channels (new columns: 0, so an
+    added input changes nothing), and the module's ``input_size`` is their number. The hidden
+    units it outputs are not an ops layer's: what reads them sees external values.
+    """
+    x = args[0]
+    keys = tracer.keys(x)
+    module_name, module = tracer.stack[-1] if tracer.stack else ("", None)
+    flat = arg(args, kwargs, 2, "params")
+    if not isinstance(module, nn.RNNBase) or not isinstance(flat, list | tuple):
+        tracer.pin(keys, f"they feed the recurrent op `{name}`{tracer.where()} outside an nn.LSTM / nn.GRU / nn.RNN")
+        return _run_pinned(tracer, func, args, kwargs, keys)
+    columns = tracer.columns_of(keys, x.dim() - 1, f"`{name}`")
+    first_layer = {f"{module_name}.weight_ih_l0", f"{module_name}.weight_ih_l0_reverse"}
+    followed = [found[0] for found in map(tracer.parameter_of, flat) if found is not None and found[0] in first_layer]
+    if len(followed) != (2 if module.bidirectional else 1):
+        tracer.pin(keys, f"`{name}`{tracer.where()} reads them with input weights that are not its parameters")
+        return _run_pinned(tracer, func, args, kwargs, keys)
+    for tensor_name in followed:
+        record_follower(tracer, tensor_name, 1, columns, 0.0)
+    tracer.graph.sizes[f"{module_name}.input_size"] = columns
+    tracer.not_generic(f"`{name}` reads its input width from input_size")
+    return func(*args, **kwargs)
+
+
+def recurrent_layer(tracer: Tracer, layer: Any, x: torch.Tensor, hx: Any, lstm: bool) -> tuple[torch.Tensor, Any]:
+    """A recurrent ops layer's call: its inputs are read like a Linear's; its output and final states
+    (``h_n``, and ``c_n`` of an LSTM) carry its hidden units' keys along their last dim.
+
+    Initial states given to it (``hx``) hold one value per hidden unit: produced by an ops layer (an
+    encoder's final state), their channels are joined with its units; from anywhere else (a tensor of
+    a fixed size), its units are pinned.
+    """
+    name = tracer.names[layer]
+    entry = tracer.get(x)
+    tracer._columns(name, entry[0] if entry is not None else None, x, -1, is_bn=False)
+    out_keys = torch.as_tensor(tracer.bases[name], dtype=torch.int64)
+    given = [t for t in (hx if isinstance(hx, tuple | list) else (hx,)) if isinstance(t, torch.Tensor)]
+    for initial in given:
+        found = tracer.get(initial)
+        if found is None or initial.shape[-1] != len(out_keys):
+            tracer.pin(out_keys, f"the initial state given to {name} does not come from an ops layer, so the code "
+                                 "fixes its number of hidden units")
+        else:
+            tracer.join(torch.as_tensor(tracer.columns_of(found[0], initial.dim() - 1, f"layer {name}")), out_keys)
+    batch = () if x.dim() == 2 else (x.shape[0] if layer.batch_first else x.shape[1],)
+    out = x.new_zeros((*x.shape[:-1], len(out_keys)))
+    tracer.graph.executed.add(name)
+    tracer.graph.out_keys[name] = out_keys.numpy()
+    tracer.tag(out, out_keys.expand(out.shape), name)
+    states = []
+    for _ in range(2 if lstm else 1):
+        state = x.new_zeros((1, *batch, len(out_keys)))
+        tracer.tag(state, out_keys.expand(state.shape), name)
+        states.append(state)
+    return out, (tuple(states) if lstm else states[0])

@@ -19,7 +19,7 @@ from weightslab.surgery.trace_rules import arg, shape_op_fixes_widths
 if TYPE_CHECKING:
     from weightslab.surgery.trace import Tracer
 
-__all__ = ["follow_pad", "follow_pointwise", "follow_reduce", "follow_shape", "follow_spatial"]
+__all__ = ["follow_pad", "follow_pointwise", "follow_reduce", "follow_shape", "follow_sizes", "follow_spatial"]
 
 
 def follow_pointwise(tracer: Tracer, name: str, args: Any, kwargs: Any, out: torch.Tensor) -> None:
@@ -89,8 +89,35 @@ def follow_shape(tracer: Tracer, name: str, func: Any, args: Any, kwargs: Any, o
         )
         if reason:
             tracer.not_generic(reason)
+    if name in ("view", "reshape") and key_outs and tracer.stack:
+        follow_sizes(tracer, args, kwargs, key_outs[0])
     for o, k in zip(outs, key_outs):
         tracer.tag(o, k, origin)
+
+
+def follow_sizes(tracer: Tracer, args: Any, kwargs: Any, keys: torch.Tensor) -> None:
+    """A ``view``/``reshape`` whose size of a channel dimension is an integer attribute of the running module.
+
+    E.g. torchvision's ViT: ``x.reshape(n, self.hidden_dim, n_h * n_w)``. The attribute follows
+    those channels (an edit sets it to their new number), recorded in ``graph.sizes``; an
+    attribute equal to no such size, or two attributes equal to it, are left alone.
+    """
+    sizes = {v for v in tree_flatten((args[1:], kwargs))[0] if isinstance(v, int) and not isinstance(v, bool) and v > 1}
+    if not sizes:
+        return
+    dims = key_dims(keys)
+    if len(dims) != 1:  # channels spread over several dims (a shuffle's view(n, groups, c/groups, ...)): no size
+        return
+    dim = dims.pop()
+    width = keys.shape[dim]
+    if width not in sizes:
+        return
+    module_name, module = tracer.stack[-1]
+    found = [attr for attr, value in vars(module).items()
+             if not attr.startswith("_") and type(value) is int and value == width]
+    if len(found) == 1:
+        columns = compact(keys).movedim(dim, -1).reshape(-1, width)[0].numpy().copy()
+        tracer.graph.sizes[f"{module_name}.{found[0]}" if module_name else found[0]] = columns
 
 
 def cat_template(tracer: Tracer, name: str, args: Any, kwargs: Any) -> tuple[torch.Tensor, int] | None:
