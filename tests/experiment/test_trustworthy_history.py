@@ -326,3 +326,28 @@ def test_a_creation_whose_event_cannot_be_written_leaves_no_experiment_behind(st
             Experiment(MNISTModel(), optim.Adam, train_ds, eval_ds, name="atomic", store=store)
         assert store.find_experiment("atomic") is None
         assert store.query("SELECT COUNT(*) AS n FROM sample_stats")["n"].iloc[0] == 0
+
+
+def test_audit_recomputes_a_dumps_fast_fingerprint_from_its_blobs_and_flags_one_recorded_wrong(make_exp,
+                                                                                                 monkeypatch):
+    exp = make_exp("fast")
+    exp.train_n_steps(2)
+    exp.dump()
+    assert audit_experiment(exp.store, "fast").ok  # version 2: fast digests recomputed from the tensor blobs
+    from weightslab.experiment import runtime
+
+    real = runtime.fast_digests
+
+    def one_wrong(tensors):  # a writer whose fingerprint disagrees with what it stored (one digest off)
+        out = real(tensors)
+        name = sorted(out)[0]
+        out[name] = out[name][:-1] + ("0" if out[name][-1] != "0" else "1")
+        return out
+
+    monkeypatch.setattr(runtime, "fast_digests", one_wrong)
+    exp.train_n_steps(1)
+    exp.dump()
+    monkeypatch.undo()
+    report = audit_experiment(exp.store, "fast")
+    assert not report.ok and report.chain_ok  # the chain is intact: only the state check can catch it
+    assert "its tensors do not hash to the state hash recorded with the event" in report.render_text()

@@ -25,7 +25,7 @@ from weightslab.errors import ConfigurationError, IntegrityError
 from weightslab.history.blobs import check_hash
 from weightslab.history.log import LogEntry, walk
 from weightslab.history.store import Store
-from weightslab.history.tensorcodec import _parse
+from weightslab.history.tensorcodec import parse_tensor
 
 __all__ = ["CheckpointDiff", "LedgerChange", "decode_numpy", "diff_checkpoints"]
 
@@ -192,7 +192,7 @@ def decode_numpy(blob: bytes) -> np.ndarray:
     Raises:
         IntegrityError: malformed bytes, or a length that does not match dtype × shape.
     """
-    dtype_name, shape, data = _parse(blob)
+    dtype_name, shape, data = parse_tensor(blob)
     if dtype_name == "bfloat16":
         raise IntegrityError("a bfloat16 tensor cannot be read without torch")
     dtype = np.dtype(dtype_name).newbyteorder("<")

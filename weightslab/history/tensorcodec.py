@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["decode_array", "decode_tensor", "encode_array", "encode_tensor", "encode_tensor_parts", "flat_bytes"]
+__all__ = ["decode_array", "decode_tensor", "encode_array", "encode_tensor", "encode_tensor_parts", "flat_bytes",
+           "parse_tensor"]
 
 MAGIC = b"WLT1"
 _ALIGN = 64  # the values start at a multiple of this offset
@@ -91,7 +92,12 @@ def flat_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def _parse(blob: bytes | bytearray | memoryview) -> tuple[str, list[int], memoryview]:
+def parse_tensor(blob: bytes | bytearray | memoryview) -> tuple[str, list[int], memoryview]:
+    """A ``WLT1`` blob's dtype name, shape and value bytes (a view, not a copy), checked.
+
+    Raises:
+        IntegrityError: bad magic, malformed header, unsupported dtype or shape.
+    """
     mv = memoryview(blob)
     if len(mv) < 8 or bytes(mv[:4]) != MAGIC:
         raise IntegrityError("blob is not a WeightsLab tensor (bad magic); the store may be damaged")
@@ -127,7 +133,7 @@ def decode_tensor(blob: bytes | bytearray | memoryview) -> torch.Tensor:
     """
     import torch
 
-    dtype_name, shape, data = _parse(blob)
+    dtype_name, shape, data = parse_tensor(blob)
     dtype = getattr(torch, dtype_name)
     numel = 1
     for s in shape:
