@@ -475,3 +475,19 @@ add(f"{C}events/unknown-from-seq", cli("events", "victim", "--from", "99999"), C
 add(f"{C}events/unknown-to-seq", cli("events", "victim", "--to", "0"), CliRefusal, r"which has events 1\.\.")
 add(f"{C}sql/write", cli("sql", "DELETE FROM events"), CliRefusal, "read-only")
 add(f"{C}audit/expect-head-without-name", cli("audit", "--expect-head", "0" * 64), CliRefusal, "give its NAME too")
+add(f"{C}request/unknown-experiment", cli("request", "nope", "dump"), CliRefusal, "no experiment named 'nope'")
+add(f"{C}requests/unknown-experiment", cli("requests", "nope"), CliRefusal, "no experiment named 'nope'")
+add(f"{C}request/cancel-unknown", cli("request", "victim", "--cancel", "99"), CliRefusal, "has no request 99")
+add(f"{C}request/hyperparameters-without-any", cli("request", "victim", "set_hyperparameters"), CliRefusal,
+    "needs at least one of learning_rate")
+add(f"{S}file_request/unknown-experiment", lambda v: _store(v).file_request("nope", "dump", {}),
+    UnknownExperimentError, "experiments: 'victim'")
+add(f"{S}file_request/not-requestable", lambda v: _store(v).file_request("victim", "train", {}),
+    ConfigurationError, "it may ask for prune")
+add(f"{S}file_request/unknown-argument", lambda v: _store(v).file_request("victim", "prune", {"layer": 1}),
+    ConfigurationError, "takes layer_index, neuron_indices; got layer")
+add(f"{S}file_request/wrong-type", lambda v: _store(v).file_request(
+    "victim", "set_neuron_lr", {"layer_index": 0, "neuron_indices": [0], "lr": "fast"}), ConfigurationError,
+    "lr is 'fast', expected float")
+add(f"{S}cancel_request/unknown", lambda v: _store(v).cancel_request(99999), ConfigurationError,
+    "weightslab requests NAME")

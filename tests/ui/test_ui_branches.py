@@ -11,7 +11,7 @@ from weightslab.events.domain import (
     NeuronsPruned,
     StepsTrained,
 )
-from weightslab.ui.branches import BranchTracker
+from weightslab.history.branches import BranchTracker
 
 
 def _train(before: int, after: int) -> StepsTrained:

@@ -19,10 +19,10 @@ import pytest
 from ui_helpers import HOSTILE_NAME, HOSTILE_TEXT, build_hostile_store, serving
 
 from weightslab.events.domain import Evaluated, StepsTrained
+from weightslab.history.branches import branch_of_entries
 from weightslab.history.diff import diff_checkpoints
 from weightslab.history.log import walk
 from weightslab.history.store import Store
-from weightslab.ui.branches import branch_of_entries
 
 pytestmark = pytest.mark.slow
 

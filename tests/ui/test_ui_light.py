@@ -70,12 +70,12 @@ def test_the_ui_reads_through_events_and_history_only_and_experiment_reaches_it_
         if path.is_relative_to(UI) or path.parent.name == "cli":
             continue
         wrong += [f"{path.relative_to(PACKAGE)} imports {m}" for m, _ in _imports(path)
-                  if m.startswith("weightslab.ui") and m != "weightslab.ui.branches"]
+                  if m.startswith("weightslab.ui")]
     assert wrong == []
 
 
 def test_ui_package_import_does_not_pull_in_the_web_libraries():
-    code = "import sys, weightslab.ui.branches; print(sorted(m for m in ('starlette', 'uvicorn', 'jinja2') if m in sys.modules))"
+    code = "import sys, weightslab.ui; print(sorted(m for m in ('starlette', 'uvicorn', 'jinja2') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
 

@@ -49,6 +49,7 @@ __all__ = [
     "NeuronsAdded",
     "NeuronsPruned",
     "NeuronsReinitialized",
+    "REQUESTED_V2",
     "RecordedEvent",
     "SampleEvent",
     "SamplesAllowed",
@@ -211,9 +212,13 @@ def _resumed_v1(payload: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True, kw_only=True)
 class CheckpointDumped(DomainEvent):
-    """Checkpoint ``checkpoint_id`` was saved: ``manifest`` names every tensor of the state."""
+    """Checkpoint ``checkpoint_id`` was saved: ``manifest`` names every tensor of the state.
+
+    Version 2 added ``request`` (see :data:`REQUESTED_V2`).
+    """
 
     KIND: ClassVar[str] = "dump"
+    VERSION: ClassVar[int] = 2
     OPERATION: ClassVar[bool] = False
 
     checkpoint_id: int = _f(INT)
@@ -221,6 +226,7 @@ class CheckpointDumped(DomainEvent):
     manifest: str = _f(STR)
     model_age: int = _f(INT, default=0)
     architecture: tuple[int, ...] = _f(INTS, default=())
+    request: int | None = _f(INT + "?", default=None, omit_none=True)  # the outside request it applied (v2)
 
     def manifests(self) -> list[str]:
         return [self.manifest]
@@ -231,14 +237,19 @@ class CheckpointDumped(DomainEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class CheckpointLoaded(DomainEvent):
-    """Checkpoint ``checkpoint_id`` was restored: the state is that of ``manifest``."""
+    """Checkpoint ``checkpoint_id`` was restored: the state is that of ``manifest``.
+
+    Version 2 added ``request`` (see :data:`REQUESTED_V2`).
+    """
 
     KIND: ClassVar[str] = "load"
+    VERSION: ClassVar[int] = 2
     RESTORES: ClassVar[bool] = True
     OPERATION: ClassVar[bool] = False
 
     checkpoint_id: int = _f(INT)
     manifest: str = _f(STR)
+    request: int | None = _f(INT + "?", default=None, omit_none=True)  # the outside request it applied (v2)
 
     def restored_manifest(self) -> str:
         return self.manifest
@@ -298,14 +309,19 @@ class Evaluated(DomainEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class HyperparametersSet(DomainEvent):
-    """Hyper-parameters were set between calls (those not named kept their values)."""
+    """Hyper-parameters were set between calls (those not named kept their values).
+
+    Version 2 added ``request`` (see :data:`REQUESTED_V2`).
+    """
 
     KIND: ClassVar[str] = "set_hyperparameters"
+    VERSION: ClassVar[int] = 2
 
     learning_rate: float | None = _f(FLOAT + "?", ARGS, default=None, omit_none=True)
     weight_decay: float | None = _f(FLOAT + "?", ARGS, default=None, omit_none=True)
     momentum: float | None = _f(FLOAT + "?", ARGS, default=None, omit_none=True)
     batch_size: int | None = _f(INT + "?", ARGS, default=None, omit_none=True)
+    request: int | None = _f(INT + "?", default=None, omit_none=True)  # the outside request it applied (v2)
 
     def values(self) -> dict[str, Any]:
         """The hyper-parameters it set, by name."""
@@ -320,11 +336,16 @@ class HyperparametersSet(DomainEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class EditEvent(DomainEvent):
-    """A model edit: ``METHOD`` of ``NetworkWithOps`` re-executes it with :meth:`call_args`."""
+    """A model edit: ``METHOD`` of ``NetworkWithOps`` re-executes it with :meth:`call_args`.
+
+    Version 2 added ``request`` (see :data:`REQUESTED_V2`).
+    """
 
     METHOD: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 2
 
     changed: tuple[str, ...] = _f(STRS, RESULT, default=())  # qualified names of the layers it changed
+    request: int | None = _f(INT + "?", default=None, omit_none=True)  # the outside request it applied (v2)
 
     def call_args(self) -> dict[str, Any]:
         """The keyword arguments that re-execute the edit exactly (its recorded seed included)."""
@@ -443,7 +464,12 @@ class LayersUnfrozen(EditEvent):
 @dataclass(frozen=True, kw_only=True)
 class SampleEvent(DomainEvent):
     """Samples of ``split`` were denied or allowed. ``ids`` re-executes it exactly; a long list is the
-    blob ``blobs["ids"]`` instead (then ``ids`` is None)."""
+    blob ``blobs["ids"]`` instead (then ``ids`` is None).
+
+    Version 2 added ``request`` (see :data:`REQUESTED_V2`).
+    """
+
+    VERSION: ClassVar[int] = 2
 
     split: str = _f(STR, default="train")
     ids: tuple[int, ...] | None = _f(INTS + "?", ARGS, default=None, omit_none=True)
@@ -454,6 +480,7 @@ class SampleEvent(DomainEvent):
     changed: int = _f(INT, RESULT, default=0)
     matching: int | None = _f(INT + "?", RESULT, default=None, omit_none=True)
     kept_allowed: int | None = _f(INT + "?", RESULT, default=None, omit_none=True)
+    request: int | None = _f(INT + "?", default=None, omit_none=True)  # the outside request it applied (v2)
 
     def summary(self) -> str:
         return f"{self.KIND} {self.changed} {self.split} samples" + (f" ({self.mode})" if self.mode else "")
@@ -499,11 +526,19 @@ class EventKind:
     SET_HYPERPARAMETERS = HyperparametersSet.KIND
 
 
+#: The kinds whose version 2 added ``request``: the id of the outside request (the ``requests`` table) the
+#: event applied, absent when the process that holds the experiment made the call itself. Their version-1
+#: payloads upcast unchanged (no request).
+REQUESTED_V2 = (CheckpointDumped, CheckpointLoaded, HyperparametersSet, NeuronsAdded, NeuronsPruned,
+                NeuronsReinitialized, NeuronLearningRateSet, IncomingNeuronLearningRateSet, LayersFrozen,
+                LayersUnfrozen, SamplesDenied, SamplesAllowed)
+
 #: Upcasters: (kind, version) → a function turning a payload of that version into one of the next.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     (ExperimentCreated.KIND, 1): _created_v1,
     (ExperimentResumed.KIND, 1): _resumed_v1,
     (StepsTrained.KIND, 1): lambda payload: payload,  # v2 only added fields with defaults
+    **{(cls.KIND, 1): (lambda payload: payload) for cls in REQUESTED_V2},  # v2 added request (default None)
 }
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "Event",
     "Experiment",
     "NeuronStat",
+    "Request",
     "SampleStat",
     "Snapshot",
 ]
@@ -215,3 +216,32 @@ class Snapshot(Base):
     blob_hash: Mapped[str] = mapped_column(ForeignKey("blobs.hash"))
     rows: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Request(Base):
+    """An edit asked of an experiment from outside its process (the CLI, the UI), applied by the process
+    that holds the experiment at its next safe point (revision 0005).
+
+    ``status`` moves pending → applying → applied (``applied_seq`` names the event it became) or refused
+    (``error`` says why); a pending request may be cancelled instead. ``applying`` lasts while the
+    process that claimed it applies it; the event and ``applied`` are written in one transaction.
+    """
+
+    __tablename__ = "requests"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'applying', 'applied', 'refused', 'cancelled')",
+                        name="status_known"),
+        # What a safe point reads: an experiment's pending requests, oldest first (one index probe).
+        Index("ix_requests_queue", "experiment_id", "status", "request_id"),
+    )
+
+    request_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.experiment_id"))
+    kind: Mapped[str] = mapped_column(String(40))  # the event kind it asks for (prune, deny, dump, ...)
+    payload: Mapped[dict] = mapped_column(JsonPayload)  # its checked arguments (events/requests.py)
+    requested_by: Mapped[str] = mapped_column(String(200))  # user@host, or ui:… for the web UI
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    applied_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -28,7 +28,7 @@ from weightslab.errors import (
     UnknownExperimentError,
     WeightsLabError,
 )
-from weightslab.history import checkpoints, eventlog, migrate, snapshots, stats
+from weightslab.history import checkpoints, eventlog, migrate, requests, snapshots, stats
 from weightslab.history.blobs import BlobStore, check_hash
 from weightslab.history.locate import (
     READS_OPTION,
@@ -342,6 +342,79 @@ class Store:
     def verify_chain(self, experiment_id: int) -> eventlog.ChainReport:
         with self.reading() as conn:
             return eventlog.verify_chain(conn, experiment_id)
+
+    # -- requests: edits asked from outside the experiment's process (history/requests.py) -------------
+    def file_request(self, name: str, kind: str, args: Mapping[str, Any], *,
+                     requested_by: str | None = None) -> requests.RequestRow:
+        """File a request for experiment ``name`` to apply ``kind`` with ``args`` at its next safe point.
+
+        Raises:
+            UnknownExperimentError: no such experiment (nothing is written).
+            ConfigurationError: a kind that cannot be requested, or bad arguments (nothing is written).
+
+        Example:
+            >>> store.file_request("x0", "prune", {"layer_index": 1, "neuron_indices": [0, 3]}).request_id
+            1
+        """
+        from weightslab.events.requests import check_request
+
+        clean = check_request(kind, args)
+        row = self.get_experiment(name)
+        with self.transaction() as conn:
+            return requests.file_request(conn, row.experiment_id, kind, clean,
+                                         requested_by or eventlog.default_actor())
+
+    def list_requests(self, experiment_id: int, status: str | None = None) -> list[requests.RequestRow]:
+        """An experiment's requests in the order they were filed (optionally only those of ``status``)."""
+        with self.reading() as conn:
+            return requests.list_requests(conn, experiment_id, status)
+
+    def request(self, request_id: int) -> requests.RequestRow | None:
+        with self.reading() as conn:
+            return requests.get(conn, request_id)
+
+    def cancel_request(self, request_id: int) -> requests.RequestRow:
+        """Cancel a pending request.
+
+        Raises:
+            ConfigurationError: no such request, or it is no longer pending (the message gives its status).
+        """
+        with self.transaction() as conn:
+            if requests.cancel(conn, request_id):
+                return requests.get(conn, request_id)  # type: ignore[return-value]
+            row = requests.get(conn, request_id)
+        if row is None:
+            raise ConfigurationError(f"no request {request_id} in {self.describe()}; list them with "
+                                     "`weightslab requests NAME`")
+        raise ConfigurationError(f"request {request_id} is {row.status}, not pending: only a pending request can be "
+                                 "cancelled" + (f" (it became event {row.applied_seq})" if row.applied_seq else ""))
+
+    def next_request(self, experiment_id: int) -> int | None:
+        """The id of the experiment's oldest pending request (one indexed probe: a safe point's cost)."""
+        with self.reading() as conn:
+            return requests.next_pending(conn, experiment_id)
+
+    def claim_request(self, request_id: int) -> requests.RequestRow | None:
+        """Take a pending request to apply it; None if another process took it or it was cancelled."""
+        with self.transaction() as conn:
+            return requests.claim(conn, request_id)
+
+    def finish_request(self, request_id: int, status: str, *, applied_seq: int | None = None,
+                       error: str | None = None, conn: Connection | None = None) -> bool:
+        """Mark a request being applied ``applied`` or ``refused`` (in ``conn``'s transaction when given)."""
+        if conn is not None:
+            return requests.finish(conn, request_id, status, applied_seq=applied_seq, error=error)
+        with self.transaction() as own:
+            return requests.finish(own, request_id, status, applied_seq=applied_seq, error=error)
+
+    def release_requests(self, experiment_id: int, request_id: int | None = None) -> int:
+        """Put back in the queue one request being applied (``request_id``), or every one of the experiment
+        left ``applying`` by a process that died; returns how many."""
+        with self.transaction() as conn:
+            if request_id is not None:
+                requests.release(conn, request_id)
+                return 1
+            return requests.release_stale(conn, experiment_id)
 
     # -- snapshots ---------------------------------------------------------------
     def write_snapshot(self, experiment_id: int, table_name: str, event_seq: int, frame: pd.DataFrame,

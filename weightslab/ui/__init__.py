@@ -7,13 +7,12 @@ vendored under ``static/vendor``). It reads the store through its read-only API 
 - ``state.py``: what routes read through (the store, kept logs, audits, thumbnails);
   ``routes.py``: a function per page or fragment; ``security.py``: the token, the headers;
 - what the pages show, each from the store's public API: ``experiments.py`` (the runs),
-  ``curves.py`` (points per branch, markers), ``branches.py`` (the branches of a log, which
-  TensorBoard's runs follow too), ``lineage.py`` (the tree, a checkpoint's diff),
+  ``curves.py`` (points per branch, markers; a log's branches are
+  :mod:`weightslab.history.branches`, as TensorBoard's runs), ``lineage.py`` (the tree, a diff),
   ``timeline.py`` (the events, audit badges), ``neurons.py`` (trigger-rate history, flags,
   widths), ``samples.py`` and ``sample_filter.py`` (paged ``sample_stats``, the
   ``deny_samples_where`` language in SQL), ``thumbnails.py`` (the only one that imports torch);
 - ``logs.py``, ``audits.py``, ``memo.py``: what is kept between requests; ``values.py``.
 
-Importing this package imports no web library and no torch (``branches.py`` is used by
-``weightslab.experiment.tensorboard``).
+Importing this package imports no web library and no torch.
 """

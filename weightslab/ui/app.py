@@ -24,6 +24,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from weightslab.errors import WeightsLabError
 from weightslab.history.store import Store
 from weightslab.ui import routes
+from weightslab.ui.requests import RequestDesk
 from weightslab.ui.security import LOOPBACK_NAMES, SecurityHeaders, TokenGate
 from weightslab.ui.state import UI
 from weightslab.ui.thumbnails import Thumbnails
@@ -32,7 +33,7 @@ __all__ = ["create_app"]
 
 
 def create_app(store: str | Store | None = None, *, token: str | None = None, loopback: bool = True,
-               thumbnails: bool = True, warm: bool = True) -> Starlette:
+               thumbnails: bool = True, warm: bool = True, read_only: bool = False) -> Starlette:
     """The UI over ``store`` (a directory, a URL, or an open Store), opened read-only.
 
     Args:
@@ -40,6 +41,7 @@ def create_app(store: str | Store | None = None, *, token: str | None = None, lo
         loopback: the server is bound to a loopback address: answer only requests for a loopback host.
         thumbnails: show thumbnails of image samples (imports the recorded recipe: torch).
         warm: walk every experiment's log and audit it in the background at start.
+        read_only: file no requests (``weightslab ui --read-only``): the pages only read.
 
     Raises:
         StoreUnavailableError: no store there (it is never created), or unreachable.
@@ -49,6 +51,7 @@ def create_app(store: str | Store | None = None, *, token: str | None = None, lo
     """
     opened = store if isinstance(store, Store) else Store.open(store, create=False, read_only=True)
     ui = UI(opened, Thumbnails() if thumbnails else None, owns_store=not isinstance(store, Store))
+    desk = RequestDesk(opened.location, writable=not read_only)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -56,6 +59,7 @@ def create_app(store: str | Store | None = None, *, token: str | None = None, lo
             ui.warm()
         yield
         ui.close()
+        desk.close()
 
     middleware = [Middleware(SecurityHeaders)]
     if loopback:
@@ -65,5 +69,6 @@ def create_app(store: str | Store | None = None, *, token: str | None = None, lo
     app = Starlette(routes=routes.table(), middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: routes.http_error, WeightsLabError: routes.store_error})
     app.state.ui = ui
+    app.state.requests = desk
     app.state.templates = routes.templates()
     return app

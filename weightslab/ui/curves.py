@@ -4,7 +4,7 @@ Points come from the typed events: ``StepsTrained`` (loss and accuracy of the
 call, at its ``age_after``) and ``Evaluated`` (at its ``model_age``, else the age
 before it). Every other event is a marker at the age it happened: a load at the
 age of the checkpoint it restored, a resume at the age of the state it restored.
-Each point and marker goes to its branch (:mod:`weightslab.ui.branches`), so
+Each point and marker goes to its branch (:mod:`weightslab.history.branches`), so
 within a line the age only grows. The result is plain JSON for the page's charts.
 """
 
@@ -19,8 +19,8 @@ from weightslab.events.domain import (
     ExperimentResumed,
     StepsTrained,
 )
+from weightslab.history.branches import branch_of_entries
 from weightslab.history.log import Log
-from weightslab.ui.branches import branch_of_entries
 from weightslab.ui.values import finite
 
 __all__ = ["curves"]

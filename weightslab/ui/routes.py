@@ -15,11 +15,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from weightslab.errors import ConfigurationError, UnknownExperimentError
+from weightslab.errors import ConfigurationError, UnknownExperimentError, WeightsLabError
 from weightslab.history.lineage import Lineage
 from weightslab.history.log import Log
 from weightslab.history.store import ExperimentRow
 from weightslab.ui import experiments as runs
+from weightslab.ui import requests as outside
 from weightslab.ui import samples as sample_rows
 from weightslab.ui.curves import curves
 from weightslab.ui.lineage import tree
@@ -56,6 +57,9 @@ def table() -> list[Any]:
         Route("/experiments/{eid:int}/samples", samples_page),
         Route("/experiments/{eid:int}/samples/histogram", histogram_fragment),
         Route("/experiments/{eid:int}/samples/{split:str}/{sample:int}.png", thumbnail),
+        Route("/experiments/{eid:int}/requests", requests_fragment, methods=["GET"]),
+        Route("/experiments/{eid:int}/requests", file_request, methods=["POST"]),
+        Route("/experiments/{eid:int}/requests/{rid:int}", request_fragment),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
 
@@ -155,7 +159,8 @@ def events_fragment(request: Request) -> Response:
 def neurons_page(request: Request) -> Response:
     ui, row = _experiment(request)
     log = ui.logs.get(row)
-    return _render(request, "neurons.html", **_header(ui, row, log), **_neurons(ui, log))
+    return _render(request, "neurons.html", **_header(ui, row, log), **_neurons(ui, log),
+                   **_request_panel(request, ui, row, log))
 
 
 def neurons_fragment(request: Request) -> Response:
@@ -173,7 +178,8 @@ def samples_page(request: Request) -> Response:
         error = str(e)
     return _render(request, "samples.html", **_header(ui, row, log), query=query,
                    page=page, error=error, sorts=sample_rows.SORTS,
-                   thumbnails=bool(ui.thumbnails is not None and row.recipe))
+                   thumbnails=bool(ui.thumbnails is not None and row.recipe),
+                   **_request_panel(request, ui, row, log))
 
 
 def histogram_fragment(request: Request) -> Response:
@@ -198,6 +204,56 @@ async def thumbnail(request: Request) -> Response:
     if png is None:
         raise HTTPException(404, "this experiment's samples are not images, or its recipe does not import")
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+# -- requests: the UI's one write (weightslab/ui/requests.py) ------------------------------------------------
+
+REQUESTS_SHOWN = 20  # the latest requests listed under the forms
+
+
+async def file_request(request: Request) -> Response:
+    """POST: file the request a form asks for; answers its status line (or why the form is wrong)."""
+    outside.check_same_origin(request)
+    fields, ids = outside.parse_form(request.headers.get("content-type", ""), await request.body())
+    return await anyio.to_thread.run_sync(_file, request, fields, ids)
+
+
+def _file(request: Request, fields: dict[str, str], ids: list[str]) -> Response:
+    ui, row = _experiment(request)
+    who = f"ui@{request.client.host}" if request.client else "ui"
+    try:
+        kind, args = outside.form_request(fields, ids)
+        filed = _desk(request).file(row, kind, args, who)
+    except WeightsLabError as e:  # bad input, or a store this server may not write to (a read-only role)
+        return _render(request, "_request_list.html", requests=[], form_error=str(e))
+    return _render(request, "_request_list.html", requests=[outside.view(ui.store, filed)], form_error=None)
+
+
+def requests_fragment(request: Request) -> Response:
+    ui, row = _experiment(request)
+    return _render(request, "_request_list.html", requests=_latest_requests(ui, row), form_error=None)
+
+
+def request_fragment(request: Request) -> Response:
+    ui, row = _experiment(request)
+    found = ui.store.request(request.path_params["rid"])
+    if found is None or found.experiment_id != row.experiment_id:
+        raise HTTPException(404, f"experiment {row.name!r} has no request {request.path_params['rid']}")
+    return _render(request, "_request.html", item=outside.view(ui.store, found))
+
+
+def _latest_requests(ui: UI, row: ExperimentRow) -> list[outside.RequestView]:
+    rows = ui.store.list_requests(row.experiment_id)[-REQUESTS_SHOWN:]
+    return [outside.view(ui.store, r) for r in reversed(rows)]
+
+
+def _request_panel(request: Request, ui: UI, row: ExperimentRow, log: Log) -> dict[str, Any]:
+    return {"writable": _desk(request).writable, "requests": _latest_requests(ui, row), "form_error": None,
+            "checkpoint_ids": sorted(log.dumps()), "neuron_actions": outside.NEURON_ACTIONS}
+
+
+def _desk(request: Request) -> outside.RequestDesk:
+    return request.app.state.requests
 
 
 def _limiter() -> anyio.CapacityLimiter:

@@ -16,12 +16,12 @@ DEFAULT_PORT = 8765
 
 
 def serve(store: str | None = None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, thumbnails: bool = True,
-          out: TextIO | None = None) -> None:
+          out: TextIO | None = None, read_only: bool = False) -> None:
     """Serve the UI over ``store`` until interrupted (Ctrl-C).
 
     On a loopback ``host`` no token is needed (unless ``$WEIGHTSLAB_UI_TOKEN`` is set); on any other
     host every request needs the token, generated here (or taken from that variable) and printed in
-    the address to open.
+    the address to open. ``read_only``: the pages file no requests (docs/requests.md).
 
     Raises:
         StoreUnavailableError: no store there, or unreachable.
@@ -36,7 +36,7 @@ def serve(store: str | None = None, *, host: str = DEFAULT_HOST, port: int = DEF
 
     out = out or sys.stdout
     token = resolve_token(host)
-    app = create_app(store, token=token, loopback=is_loopback(host), thumbnails=thumbnails)
+    app = create_app(store, token=token, loopback=is_loopback(host), thumbnails=thumbnails, read_only=read_only)
     sock = _bind(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/" + (f"?token={token}" if token else "")
