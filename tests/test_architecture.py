@@ -1,6 +1,8 @@
 """The layout rules of the package, checked on its syntax trees (comments and docstrings cannot trip them).
 
-- packages import one way: events ← history / surgery / ledger ← experiment ← cli;
+- packages import one way: events ← history / surgery / ledger ← experiment ← cli, and events ← history
+  ← ui ← cli (the UI reads stores; only its thumbnails import the experiment's recipe loader, lazily:
+  tests/ui/test_ui_light.py holds that);
 - only ``weightslab/history/`` talks SQL;
 - no raw event-kind string outside the events module (``weightslab/events/domain.py``);
 - nobody reaches into an ``Experiment``'s private members from outside its module.
@@ -27,7 +29,8 @@ ALLOWED = {
     "surgery": {"events"},
     "ledger": {"events"},
     "experiment": {"events", "history", "surgery", "ledger"},
-    "cli": {"events", "history", "experiment"},
+    "ui": {"events", "history", "experiment"},
+    "cli": {"events", "history", "experiment", "ui"},
     "demo": {"experiment", "surgery", "ledger", "history", "events"},
 }
 

@@ -10,6 +10,8 @@ from SPEC §5 and issue #8. Prints a table and writes JSON.
 Scenarios:
   train_tutorial   tutorial model, batch 256, 60k synthetic 28×28: plain loop vs Experiment  (≤ 1.10);
                    also with items read one by one on both sides (the same loader work)
+  train_tutorial_ddp  2 gloo processes (1 thread each), global batch 256: plain DDP loop vs Experiment
+                   (tools/bench_ddp.py: events agreed, statistics gathered, rank 0 writes)  (≤ 1.10)
   train_tutorial_cpu  the same, items one by one, in process CPU time with 1 torch thread
                    (stable on a noisy machine: the work WeightsLab adds)             (≤ 1.10)
   train_resnet18   converted torchvision ResNet-18, batch 64, 32×32: plain loop vs Experiment (≤ 1.05)
@@ -21,6 +23,7 @@ Scenarios:
   top100           top-100-by-loss query over 10^6 rows on SQLite                           (< 100 ms)
   replay           replay throughput vs the original training throughput                   (≥ 0.9)
   ledger_memory    ledger bytes per sample at 10^6 samples                                  (≤ 64)
+  fingerprint      a state's fast digests (version 2) vs its SHA-256 blob hashes (version 1), GB/s  (≥ 5)
 """
 
 from __future__ import annotations
@@ -497,8 +500,57 @@ def scenario_ledger_memory(args: argparse.Namespace) -> None:
            f"peak {peak / n:.1f} B/sample (one pass of history held)")
 
 
+def scenario_fingerprint(args: argparse.Namespace) -> None:
+    """The per-event state fingerprint: fast digests (fingerprint version 2, computed where the tensors
+    live) vs the SHA-256 blob hashes of version 1, on the same tensors, side by side; in GB/s."""
+    from weightslab.experiment.state import fast_digests, tensor_hashes
+
+    model = _resnet_ops()
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    F.cross_entropy(model(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,))).backward()
+    opt.step()  # the Adam moments exist, as in a fingerprint taken after a train call
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    for i, state in enumerate(opt.state.values()):
+        tensors.update({f"optim/{i}/{k}": v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def timed(digests: Callable[[Any], Any]) -> Callable[[], float]:
+        def run() -> float:
+            t = time.perf_counter()
+            digests(tensors)
+            return time.perf_counter() - t
+        return run
+
+    base, subj, ratio, _, _ = alternate(5 if args.quick else 15, timed(tensor_hashes), timed(fast_digests))
+    record("fingerprint, fast digests", size / base / 1e9, size / subj / 1e9, "GB/s", "≥ 5", size / subj / 1e9 >= 5,
+           f"ResNet-18 + Adam, {size / 1e6:.0f} MB in {len(tensors)} tensors, {subj * 1e3:.1f} ms; "
+           f"baseline SHA-256 {base * 1e3:.1f} ms", ratio=1 / ratio)
+
+
+def scenario_train_tutorial_ddp(args: argparse.Namespace) -> None:
+    from weightslab.experiment.distributed import launch
+
+    n = 12_000 if args.quick else 60_000
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ddp.json"
+        code = launch([str(Path(__file__).parent / "bench_ddp.py"), str(out), "--samples", str(n), "--batch", "128",
+                       "--reps", str(args.reps)], 2, timeout_s=3600, env={"OMP_NUM_THREADS": "1"})
+        if code != 0:
+            record("train tutorial, 2 ranks (gloo DDP)", None, float("nan"), "s", "≤ 1.1", False,
+                   f"the ranks failed (exit code {code})")
+            return
+        runs = json.loads(out.read_text())
+    for label, b, s in (("train tutorial, 2 ranks (gloo DDP)", runs["baseline"], runs["weightslab"]),
+                        ("train tutorial, 2 ranks, CPU s", runs["baseline_cpu"], runs["weightslab_cpu"])):
+        measured = (statistics.median(b), statistics.median(s), statistics.median(x / y for x, y in zip(s, b)), b, s)
+        compare(label, measured, 1.10, f"{n} samples, {runs['steps']} steps of 2×128, 1 call, incl. close"
+                + ("; process CPU time summed over the ranks" if "CPU" in label else ""))
+
+
 SCENARIOS = {
+    "fingerprint": scenario_fingerprint,
     "train_tutorial": scenario_train_tutorial,
+    "train_tutorial_ddp": scenario_train_tutorial_ddp,
     "train_tutorial_cpu": scenario_train_tutorial_cpu,
     "train_resnet18": scenario_train_resnet18,
     "train_resnet18_cpu": scenario_train_resnet18_cpu,

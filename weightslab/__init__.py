@@ -20,6 +20,7 @@ _EXPORTS = {
     "ConcurrencyError": "weightslab.errors",
     "ConfigurationError": "weightslab.errors",
     "Conv2dWithNeuronOps": "weightslab.surgery",
+    "DistributedError": "weightslab.errors",
     "DuplicateExperimentError": "weightslab.errors",
     "EventPayloadError": "weightslab.errors",
     "Experiment": "weightslab.experiment",

@@ -1,6 +1,8 @@
 """The tutorial, end to end, on scikit-learn's digits (or MNIST from a local folder).
 
-Run it with ``make demo`` or ``python -m weightslab.demo [--store DIR] [--mnist DIR]``.
+Run it with ``make demo`` or ``python -m weightslab.demo [--store DIR] [--mnist DIR]``; on several
+processes with ``torchrun --nproc-per-node 2 -m weightslab.demo`` (DDP over gloo on CPU: every rank runs
+this script, rank 0 records and prints; the global batch is the batch size times the number of ranks).
 It trains the tutorial's ``MNISTModel``, looks at its statistics, edits the
 model and the data, checkpoints and branches, and shows the lineage, a SQL
 query and where the TensorBoard logs are — saying what it does as it goes.
@@ -9,6 +11,8 @@ query and where the TensorBoard logs are — saying what it does as it goes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import time
 
 import torch as th
@@ -106,8 +110,40 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--store", default=None, help="store directory or URL (default: $WEIGHTSLAB_STORE or ./store)")
     ap.add_argument("--mnist", default=None, help="train on MNIST from this local folder instead of digits")
     ap.add_argument("--name", default=None, help="experiment name (default: a new name each run)")
+    ap.add_argument("--device", default=None, help="where to train (default: cuda when available, else cpu)")
+    ap.add_argument("--epochs", type=int, default=8, help="epochs of the first training (default 8)")
+    ap.add_argument("--distributed", action="store_true",
+                    help="run on the ranks of torch.distributed (implied under torchrun: WORLD_SIZE > 1)")
     args = ap.parse_args(argv)
+    device = args.device or ("cuda" if th.cuda.is_available() else "cpu")
+    rank = _join_process_group(device, required=args.distributed)
+    if rank > 0:  # every rank runs the tutorial; rank 0 says what happens
+        with contextlib.redirect_stdout(io.StringIO()):
+            _tutorial(args, device)
+    else:
+        _tutorial(args, device)
+
+
+def _join_process_group(device: str, required: bool) -> int:
+    """This process's rank under torchrun (0 without it); ``required``: refuse to run without it."""
+    import torch.distributed as dist
+
+    from weightslab.experiment.distributed import initialise_from_environment
+
+    if not initialise_from_environment(device):
+        if required:
+            raise SystemExit("--distributed runs under torchrun: torchrun --nproc-per-node 2 -m weightslab.demo")
+        return 0
+    if device == "cuda":
+        th.cuda.set_device(dist.get_rank() % th.cuda.device_count())
+    return dist.get_rank()
+
+
+def _tutorial(args: argparse.Namespace, device: str) -> None:
+    import torch.distributed as dist
+
     started = time.perf_counter()
+    world = dist.get_world_size() if dist.is_initialized() else 1
 
     if args.mnist:
         train_ds, eval_ds = mnist_datasets(args.mnist)
@@ -116,17 +152,23 @@ def main(argv: list[str] | None = None) -> None:
         train_ds, eval_ds = digits_datasets()
         rec, batch = "weightslab.demo:recipe", 64
     name = args.name or time.strftime("digits-demo-%Y%m%d-%H%M%S")
-    device = "cuda" if th.cuda.is_available() else "cpu"
+    if world > 1:  # every rank must use rank 0's name (the clocks may straddle a second)
+        box = [name]
+        dist.broadcast_object_list(box, src=0)
+        name = box[0]
+        device = f"cuda:{th.cuda.current_device()}" if device == "cuda" else device
+        batch //= world  # the same global batch as one process
 
-    say(f"Creating experiment {name!r}: the tutorial's MNISTModel, Adam, lr 1e-2, batch {batch}, on {device}")
+    say(f"Creating experiment {name!r}: the tutorial's MNISTModel, Adam, lr 1e-2, batch {batch}"
+        + (f" on each of {world} ranks (global batch {batch * world})" if world > 1 else "") + f", on {device}")
     th.manual_seed(0)
     exp = Experiment(model=MNISTModel(), optimizer_class=optim.Adam, train_dataset=train_ds,
                      eval_dataset=eval_ds, device=device, learning_rate=1e-2, batch_size=batch, name=name,
                      store=args.store, recipe=rec)
     print(f"    store: {exp.store.describe()}; {len(train_ds)} training and {len(eval_ds)} eval samples")
 
-    say("Training 8 epochs with a full evaluation every quarter epoch")
-    loss, acc = exp.train_n_steps_with_eval_full(8 * len(exp.train_loader))
+    say(f"Training {args.epochs} epochs with a full evaluation every quarter epoch")
+    loss, acc = exp.train_n_steps_with_eval_full(args.epochs * len(exp.train_loader))
     print(f"    eval loss {loss:.4f}, accuracy {acc:.1%}, model age {exp.model_age:,} samples")
 
     say("Neuron statistics (trigger rate = share of samples whose mean pre-activation is > 0)")

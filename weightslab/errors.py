@@ -18,7 +18,8 @@ pyarrow) are translated where they cross into the library, with ``raise ... from
     ├── SurgeryError              a model edit that cannot be done safely
     │   └── IndexSelectionError       layer or neuron indices out of range / malformed
     ├── LedgerError               a data-sample operation that cannot be done
-    └── ReplayError               replay diverged from the recorded history
+    ├── ReplayError               replay diverged from the recorded history
+    └── DistributedError          the ranks of a torch.distributed run disagree (another call, another state)
 
 Messages say what happened, what was expected, and what to do.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "BlobNotFoundError",
     "ConcurrencyError",
     "ConfigurationError",
+    "DistributedError",
     "DuplicateExperimentError",
     "EventPayloadError",
     "IndexSelectionError",
@@ -102,3 +104,8 @@ class LedgerError(WeightsLabError, ValueError):
 
 class ReplayError(WeightsLabError):
     """Replay could not rebuild the recorded state (divergence, missing input)."""
+
+
+class DistributedError(WeightsLabError):
+    """The ranks of a ``torch.distributed`` run disagree: another call, other arguments or another state
+    on one rank; raised on every rank, with nothing recorded."""

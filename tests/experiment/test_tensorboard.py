@@ -10,8 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from weightslab.events.domain import Evaluated, StepsTrained
 from weightslab.experiment.tensorboard import MARKERS_PER_TAG
+from weightslab.history.branches import branch_of_entries
 from weightslab.history.log import walk
-from weightslab.ui.branches import branch_of_entries
 
 
 def _runs(logdir: Path) -> list[str]:

@@ -10,6 +10,8 @@ One module per subcommand holds its parser (``register``) and its function
 ``weightslab lineage``          :meth:`weightslab.history.lineage.Lineage.of`
 ``weightslab diff``             :func:`weightslab.history.diff.diff_checkpoints`
 ``weightslab replay``           :func:`weightslab.experiment.replica.replay_to`
+``weightslab request``          :meth:`weightslab.history.store.Store.file_request` / ``cancel_request``
+``weightslab requests``         :meth:`weightslab.history.store.Store.list_requests`
 ``weightslab sql``              :meth:`weightslab.history.store.Store.query`
 ``weightslab export``           :func:`weightslab.history.export.export_experiment`
 ``weightslab db upgrade``       :func:`weightslab.history.migrate.upgrade`
@@ -33,14 +35,27 @@ import os
 import sys
 from collections.abc import Sequence
 
-from weightslab.cli import audit, db, diff, events, experiments, export, lineage, replay, sql, ui
+from weightslab.cli import (
+    audit,
+    db,
+    diff,
+    events,
+    experiments,
+    export,
+    lineage,
+    replay,
+    request,
+    requests,
+    sql,
+    ui,
+)
 from weightslab.cli.options import EPILOG
 from weightslab.errors import WeightsLabError
 
 __all__ = ["build_parser", "main"]
 
 # The subcommands, in the order --help lists them.
-_COMMANDS = (experiments, events, audit, lineage, diff, replay, sql, export, db, ui)
+_COMMANDS = (experiments, events, audit, lineage, diff, replay, request, requests, sql, export, db, ui)
 
 
 def build_parser() -> argparse.ArgumentParser:

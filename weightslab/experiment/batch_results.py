@@ -17,6 +17,9 @@ costs no device-to-host copy and no synchronisation inside the loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -27,6 +30,8 @@ __all__ = ["BatchResults"]
 
 #: Samples held before a flush (a few MB at most: four numbers a sample).
 FLUSH_SAMPLES = 1 << 16
+#: Batches held before a flush under torch.distributed (counted in batches: the same on every rank).
+GATHER_BATCHES = 64
 
 
 class BatchResults:
@@ -38,9 +43,13 @@ class BatchResults:
         seen: number of samples added (applied or pending).
     """
 
-    def __init__(self, ds: LedgeredDataset, device: torch.device, max_samples: int = FLUSH_SAMPLES) -> None:
+    def __init__(self, ds: LedgeredDataset, device: torch.device, max_samples: int = FLUSH_SAMPLES,
+                 gather: Callable[[list[Any]], list[Any]] | None = None) -> None:
         self._ds = ds
         self._max = max_samples
+        #: under torch.distributed: turns this rank's shares of the kept batches into the global batches
+        #: (experiment/distributed.py); flushes then come every GATHER_BATCHES batches, the same on every rank
+        self._gather = gather
         self._batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int | torch.Tensor]] = []
         self._pending = 0
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -65,12 +74,16 @@ class BatchResults:
         self._batches.append((ids, losses, predictions, labels, age))
         self._pending += n
         self.seen += n
-        if self._pending >= self._max:
+        if self._pending >= self._max if self._gather is None else len(self._batches) >= GATHER_BATCHES:
             self.flush()
 
     def flush(self) -> None:
         """Apply the pending batches to the ledger and to ``loss_sum`` / ``correct``."""
         batches, self._batches, self._pending = self._batches, [], 0
+        if self._gather is not None:
+            local = sum(len(b[0]) for b in batches)
+            batches = self._gather(batches)
+            self.seen += sum(len(b[0]) for b in batches) - local
         if not batches:
             return
         for _, losses, predictions, labels, _ in batches:  # per batch, in order: the same float64 sums
@@ -89,6 +102,8 @@ class BatchResults:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._gather is not None and exc[0] is not None:
+            return  # the other ranks may not be here to gather: the write-ahead guard rebuilds the state
         self.flush()  # also after an error: the batches that completed are recorded, as before
 
 

@@ -22,8 +22,10 @@ from weightslab.experiment.training import Step, make_scheduler
 from weightslab.history.store import Store
 from weightslab.ledger import LedgeredDataset, LedgerSampler
 from weightslab.surgery import NetworkWithOps
+from weightslab.surgery.convert import conversion_version, use_conversion
 
-__all__ = ["build_runtime", "check_arguments", "check_device", "code_version", "derived_seed"]
+__all__ = ["adopt_conversion", "build_runtime", "check_arguments", "check_device", "code_version",
+           "conversion_record", "derived_seed"]
 
 
 def code_version() -> str:
@@ -78,6 +80,39 @@ def check_arguments(model: Any, optimizer_class: Any, train_dataset: Any, eval_d
         raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
     if recipe is not None and (not isinstance(recipe, str) or ":" not in recipe):
         raise ConfigurationError(f"recipe must look like 'package.module:function', got {recipe!r}")
+
+
+def conversion_record(model: NetworkWithOps) -> dict[str, int]:
+    """What the create config records of how ``convert_to_ops`` converted the model: ``{"conversion": version}``,
+    or nothing for a model it did not convert."""
+    version = conversion_version(model)
+    return {} if version is None else {"conversion": version}
+
+
+def adopt_conversion(model: Any, store: Store, name: str) -> None:
+    """Convert the model of a recorded experiment back to the conversion it was recorded with.
+
+    A later WeightsLab's ``convert_to_ops`` converts more (Linear subclasses, then attention), which
+    shifts ``model.layers`` indices and checkpoint keys. A store that records no version predates
+    versions: of versions 1 and 2, the one whose layer widths are those of the initial state recorded.
+    """
+    row = store.find_experiment(name)
+    if row is None or not isinstance(model, NetworkWithOps) or conversion_version(model) is None \
+            or store.last_seq(row.experiment_id) == 0:
+        return
+    recorded = (row.config.get("config") or {}).get("conversion")
+    if isinstance(recorded, int):
+        use_conversion(model, min(recorded, conversion_version(model) or recorded))
+        return
+    events = store.events(row.experiment_id, 1, 1)
+    initial = events[0].payload.get("initial") if events else None
+    if not isinstance(initial, str):
+        return
+    widths = list(store.read_manifest(initial).meta.get("architecture", []))
+    for version in (2, 1):
+        use_conversion(model, min(version, conversion_version(model) or version))
+        if [int(layer.neuron_count) for layer in model.layers] == widths:
+            return
 
 
 def build_runtime(name: str, model: NetworkWithOps, optimizer_class: type[torch.optim.Optimizer], train_dataset: Any,

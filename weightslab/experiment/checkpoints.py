@@ -21,17 +21,18 @@ from weightslab.errors import ConfigurationError
 from weightslab.events.domain import CheckpointDumped, CheckpointLoaded
 from weightslab.experiment.recorder import Recorder
 from weightslab.experiment.runtime import Fingerprint, Runtime
+from weightslab.experiment.state import fast_digests
 from weightslab.experiment.statistics import Statistics
 from weightslab.history.blobs import blob_hash, check_hash
 from weightslab.history.checkpoints import CheckpointRow
 from weightslab.history.hashing import sha256_many
 from weightslab.history.lineage import Lineage
 from weightslab.history.log import walk
-from weightslab.history.manifest import Manifest, encode_manifest
+from weightslab.history.manifest import Manifest, encode_manifest, uses_fast_digests
 from weightslab.history.store import Store
 from weightslab.history.tensorcodec import decode_tensor, encode_tensor_parts
 
-__all__ = ["CheckpointManager", "read_state", "write_state"]
+__all__ = ["CheckpointManager", "read_state", "state_fingerprint", "write_state"]
 
 
 def write_state(rt: Runtime, conn: Any) -> tuple[str, Fingerprint]:
@@ -43,8 +44,18 @@ def write_state(rt: Runtime, conn: Any) -> tuple[str, Fingerprint]:
     hashes = dict(zip(names, digests))
     manifest = encode_manifest(hashes, meta)
     # the tensors and their manifest in one write (one lookup of the blobs the store already has)
-    *_, manifest_hash = rt.store.blobs.put_many(conn, [*encoded, manifest], hashes=[*digests, blob_hash(manifest)])
-    return manifest_hash, Fingerprint.of_state(hashes, meta)
+    if conn is None:  # a rank of torch.distributed that does not write: the same hashes, nothing stored
+        manifest_hash = blob_hash(manifest)
+    else:
+        *_, manifest_hash = rt.store.blobs.put_many(conn, [*encoded, manifest],
+                                                    hashes=[*digests, blob_hash(manifest)])
+    return manifest_hash, Fingerprint.of_state(hashes if rt.fingerprint_version < 2 else rt.tensor_digests(tensors),
+                                               meta)
+
+
+def state_fingerprint(manifest: Manifest, tensors: dict[str, torch.Tensor]) -> Fingerprint:
+    """The fingerprint of the state ``manifest`` describes, whose decoded tensors are ``tensors``."""
+    return Fingerprint(*manifest.fingerprint(fast_digests(tensors) if uses_fast_digests(manifest.meta) else None))
 
 
 def read_state(store: Store, manifest_hash: str) -> tuple[Manifest, dict[str, torch.Tensor]]:
@@ -104,7 +115,7 @@ class CheckpointManager:
         # One transaction: the blobs and manifest, the dump event, the checkpoint row and the snapshots are
         # committed together or not at all (a refused event leaves no trace in the tables; blob files
         # written for it stay as unreferenced, complete files).
-        with store.transaction() as conn:
+        with self._recorder.transaction() as conn:  # under torch.distributed: rank 0's (conn None elsewhere)
             manifest_hash, fingerprint = write_state(rt, conn)
 
             def register(conn: Any, seq: int) -> None:
@@ -150,7 +161,7 @@ class CheckpointManager:
         # tensors. The ledger marked the samples whose statistics the restore changed: only their rows
         # are written again.
         self._recorder.append(CheckpointLoaded(checkpoint_id=checkpoint_id, manifest=manifest_hash),
-                              fingerprint=Fingerprint(*manifest.fingerprint()))
+                              fingerprint=state_fingerprint(manifest, tensors))
 
     def lineage(self) -> Lineage:
         """The checkpoint tree, from the event log."""

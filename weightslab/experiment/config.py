@@ -28,6 +28,7 @@ class ExperimentConfig:
     amp: str | None = None  # "bf16" | "fp16": autocast (fp16 with a GradScaler); None: full precision
     scheduler: dict[str, Any] | None = None  # {"class", "kwargs", "interval": "batch" | "epoch"}
     compile: dict[str, Any] | None = None  # torch.compile's keyword arguments ({}: its defaults); None: eager
+    accept_requests: bool = True  # apply outside requests (weightslab request, the UI) at safe points
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: Any, allow_none: bool = False) -> None:
@@ -48,6 +49,8 @@ class ExperimentConfig:
                 or self.num_workers < 0:
             raise ConfigurationError(f"num_workers must be an integer ≥ 0, got {self.num_workers!r}")
         positive_int("accumulate", self.accumulate)
+        if not isinstance(self.accept_requests, bool):
+            raise ConfigurationError(f"accept_requests must be True or False, got {self.accept_requests!r}")
         if self.amp not in (None, "bf16", "fp16"):
             raise ConfigurationError(f"amp must be 'bf16', 'fp16' or None, got {self.amp!r}")
 

@@ -26,9 +26,9 @@ __all__ = ["Comparison", "Pinned", "compare", "current"]
 #: Settings replay sets to their recorded values while it re-executes an event.
 PINNABLE = ("threads", "deterministic", "cudnn_deterministic", "cudnn_benchmark", "matmul_precision")
 #: Differences replay cannot undo: it refuses them unless the caller accepts the risk.
-REFUSED = ("torch", "device_type", "device_name")
+REFUSED = ("torch", "device_type", "device_name", "world_size")  # world_size: see experiment/distributed.py
 #: Differences that may or may not change results: reported, not refused.
-NOTED = ("numpy", "python", "cpu_capability", "interop_threads")
+NOTED = ("numpy", "python", "cpu_capability", "interop_threads", "backend")
 
 
 def _cpu_name() -> str:

@@ -31,15 +31,29 @@ import pandas as pd
 import torch
 
 from weightslab.errors import ConfigurationError, ReplayError
-from weightslab.events.domain import Evaluated, ExperimentCreated, HyperparametersSet, StepsTrained
+from weightslab.events.domain import (
+    CheckpointDumped,
+    CheckpointLoaded,
+    EditEvent,
+    Evaluated,
+    ExperimentCreated,
+    HyperparametersSet,
+    SamplesAllowed,
+    SamplesDenied,
+    StepsTrained,
+    event_class,
+)
 from weightslab.events.record import OperationRecord
-from weightslab.experiment import allocator, environment, hyperparameters
+from weightslab.events.requests import REQUEST_KINDS
+from weightslab.experiment import allocator, distributed, environment, hyperparameters
 from weightslab.experiment.batch_results import BatchResults
 from weightslab.experiment.build import (
+    adopt_conversion,
     build_runtime,
     check_arguments,
     check_device,
     code_version,
+    conversion_record,
     derived_seed,
 )
 from weightslab.experiment.checkpoints import CheckpointManager, write_state
@@ -48,6 +62,7 @@ from weightslab.experiment.criterion import Criterion, default_criterion
 from weightslab.experiment.loops import OwnLoop, eval_loop, train_loop, train_start_state
 from weightslab.experiment.recorder import Recorder
 from weightslab.experiment.replay import Replayer, ReplayOutcome, ResumeReport, check_same_data, reopen
+from weightslab.experiment.requests import Call, RequestQueue
 from weightslab.experiment.statistics import Statistics
 from weightslab.experiment.tensorboard import Board
 from weightslab.experiment.training import (
@@ -61,6 +76,7 @@ from weightslab.experiment.training import (
 )
 from weightslab.history.audit import log_frame
 from weightslab.history.log import walk
+from weightslab.history.requests import RequestRow
 from weightslab.history.store import Store
 from weightslab.surgery import NetworkWithOps, TrackingMode
 
@@ -104,9 +120,17 @@ class Experiment:
         compile: train the ``torch.compile``'d model (``True``, or a dict of torch.compile's arguments);
             edits apply to the model itself, and the compiled code re-traces when a shape changes. A model
             passed already compiled is unwrapped and compiled again with torch.compile's defaults.
+        accept_requests: apply the requests filed from outside this process (``weightslab request``, the
+            UI's buttons) at each safe point: the start of every public operation, hence between the chunks
+            of ``train_n_steps_with_eval_full`` (see :meth:`apply_requests` and docs/requests.md).
 
     Random draws of an operation (new neurons' weights, a sampled deny) are seeded from ``seed`` and
     the event's seq unless the call passes ``seed=``: the same script gives the same history.
+
+    Under an initialised ``torch.distributed`` process group (torchrun), every rank constructs the same
+    experiment and makes the same calls: ``batch_size`` is per rank (the global batch is ``batch_size ×
+    world_size``), training goes through DDP, rank 0 alone writes, and every event is agreed between the
+    ranks first (see :mod:`weightslab.experiment.distributed` and docs/distributed.md).
 
     Raises:
         ConfigurationError: invalid arguments (nothing is written to the store).
@@ -147,6 +171,7 @@ class Experiment:
         amp: str | None = None,
         scheduler: Any = None,
         compile: bool | Mapping[str, Any] = False,
+        accept_requests: bool = True,
         _replica: bool = False,
     ) -> None:
         model, compile = uncompiled(model, compile)
@@ -155,14 +180,17 @@ class Experiment:
             eval_every=eval_every, num_workers=num_workers, optimizer_kwargs=dict(optimizer_kwargs or {}),
             progress=progress, step=step_name(step), grad_clip=check_grad_clip(grad_clip), accumulate=accumulate,
             amp=amp, scheduler=check_scheduler(scheduler), compile=check_compile(compile),
+            accept_requests=accept_requests,
         )
         check_arguments(model, optimizer_class, train_dataset, eval_dataset, name, recipe)
         self.allocator = allocator.for_experiment()  # opt-in: weightslab.tune_malloc() / WEIGHTSLAB_TUNE_MALLOC=1
         self.name, self.recipe = name, recipe
         device = check_device(device)
         owned = not isinstance(store, Store)
-        opened = Store.open(store) if owned else store
+        group = distributed.Group.current()  # None in one process (no collective call is ever made then)
+        opened = (Store.open(store) if group is None else group.open_store(store)) if owned else store
         try:
+            adopt_conversion(model, opened, name)  # the recorded experiment's convert_to_ops version, before anything
             rt = self._rt = build_runtime(name, model, optimizer_class, train_dataset, eval_dataset, device,
                                           self.config, criterion or default_criterion, opened, resolve_step(step))
             rt.probe_criterion()
@@ -172,8 +200,13 @@ class Experiment:
             self.chkpt_manager = CheckpointManager(rt, self._recorder, self._statistics)
             self.chkpt_manager.guard = self._write_ahead
             self._replayer = Replayer(rt, self._recorder, self._statistics, self.chkpt_manager, force=force)
+            self._requests = RequestQueue(opened, self._recorder, self._request_calls(),
+                                          enabled=accept_requests and not _replica)
             root = opened.location.root or Path("store").resolve()
             self._board = Board(rt, Path(tensorboard_dir) if tensorboard_dir else root / "tensorboard" / name)
+            if group is not None:  # every rank runs this constructor: rank 0 writes, the others follow
+                distributed.join(group, rt, self._recorder, self._board, self._config_record())
+                self._requests.enabled = False  # applied by rank 0 alone, a request would part the ranks
             self.resume_report: ResumeReport | None = None
             if _replica:  # a detached copy for replay tools: reads the store, never writes to it
                 row = opened.get_experiment(name)
@@ -182,6 +215,8 @@ class Experiment:
                 return
             self._recorder.listeners.append(self._board.on_event)
             self._open_or_create()
+            if group is None or group.writes:
+                self._requests.release_stale()
         except BaseException:
             if owned:  # we opened it: do not leak its connections
                 opened.close()
@@ -207,7 +242,7 @@ class Experiment:
     def _config_record(self) -> dict[str, Any]:
         rt = self._rt
         return {
-            "config": self.config.to_json(),
+            "config": {**self.config.to_json(), **conversion_record(rt.model)},
             "optimizer_class": f"{type(rt.optimizer).__module__}.{type(rt.optimizer).__name__}",
             "model_class": f"{type(rt.model).__module__}.{type(rt.model).__qualname__}",
             "train_fingerprint": rt.train.ledger.fingerprint(),
@@ -220,7 +255,12 @@ class Experiment:
     def _open_or_create(self) -> None:
         store, rt = self.store, self._rt
         row = store.find_experiment(self.name)
-        if row is not None and store.last_seq(row.experiment_id) > 0:
+        resume = row is not None and store.last_seq(row.experiment_id) > 0
+        if rt.group is not None:  # rank 0 decides, before it writes anything
+            resume = rt.group.share(resume)
+            row = store.find_experiment(self.name) if resume else row
+        if resume:
+            assert row is not None
             self._attach(row.experiment_id)
             check_same_data(rt, row.config)
             self.resume_report = reopen(rt, self._replayer, self._recorder)
@@ -235,17 +275,20 @@ class Experiment:
         config = self._config_record()
         # One transaction: the experiment's row, its initial state, a row for every sample and the creation
         # event exist together or not at all.
-        with store.transaction() as conn:
-            if row is None:
-                row = store.create_experiment(self.name, config=config, recipe=self.recipe, conn=conn)
-            else:  # registered by an older WeightsLab whose creator died before the first event
-                row = store.adopt_experiment(row.experiment_id, config=config, recipe=self.recipe, conn=conn)
-            rt.experiment_id = self._recorder.experiment_id = row.experiment_id
+        # (under torch.distributed, rank 0's transaction; the other ranks get conn None and write nothing)
+        with self._recorder.transaction() as conn:
+            if conn is not None:
+                if row is None:
+                    row = store.create_experiment(self.name, config=config, recipe=self.recipe, conn=conn)
+                else:  # registered by an older WeightsLab whose creator died before the first event
+                    row = store.adopt_experiment(row.experiment_id, config=config, recipe=self.recipe, conn=conn)
+                rt.experiment_id = self._recorder.experiment_id = row.experiment_id
+                store.write_sample_rows(row.experiment_id, self._statistics.sample_jobs(everything=True), conn)
             manifest, fingerprint = write_state(rt, conn)
-            store.write_sample_rows(row.experiment_id, self._statistics.sample_jobs(everything=True), conn)
             self._recorder.append(ExperimentCreated(
                 name=self.name, initial=manifest, **config, environment=environment.current(rt.device),
                 labels_known=labels_known, fingerprint=rt.fingerprint_version), fingerprint=fingerprint, conn=conn)
+        rt.experiment_id = self._recorder.experiment_id  # (ranks > 0: rank 0's, learned as its transaction ended)
 
     # ------------------------------------------------------------------ what users reach for
 
@@ -337,6 +380,9 @@ class Experiment:
             (mean loss, accuracy) over the ``n`` batches.
         """
         n = self._check_steps(n)
+        self._requests.safe_point()
+        if self._rt.group is not None:
+            self._rt.group.agree("exp.train_n_steps", n)
         with self._write_ahead():
             start = train_start_state(self._rt)
             age_before = self.model_age
@@ -387,9 +433,13 @@ class Experiment:
             ...         losses.mean().backward(); optimizer.step()
             ...         loop.record(ids, losses, out, labels)
         """
+        if self._rt.group is not None:
+            raise ConfigurationError("exp.training() (your own loop) is not supported under torch.distributed yet: "
+                                     "use train_n_steps, with step='package.module:function' for a custom step")
         name = step_name(step)
         if name is not None:
             resolve_step(name)  # replay must be able to import it: refuse now, not then
+        self._requests.safe_point()
         rt = self._rt
         with self._write_ahead():
             start = train_start_state(rt)
@@ -422,6 +472,7 @@ class Experiment:
         Example:
             >>> exp.set_hyperparameters(learning_rate=1e-3, batch_size=128)
         """
+        self._requests.safe_point()
         self._recorder.check_writable()
         checked = hyperparameters.check(self._rt, values)
         undo = hyperparameters.apply(self._rt, checked)
@@ -444,6 +495,9 @@ class Experiment:
         return self._evaluate(steps=None)
 
     def _evaluate(self, steps: int | None) -> tuple[float, float]:
+        self._requests.safe_point()
+        if self._rt.group is not None:
+            self._rt.group.agree("exp.eval", steps)
         with self._write_ahead():
             age = self.model_age
             loss, acc, seen = eval_loop(self._rt, steps)
@@ -472,6 +526,50 @@ class Experiment:
         self._rt.batches.reset()
         self._recorder.record_operation(record, split="eval")
 
+    # ------------------------------------------------------------------ outside requests
+
+    def apply_requests(self) -> list[RequestRow]:
+        """Apply the requests filed for this experiment from outside (``weightslab request``, the UI), oldest
+        first, now (also with ``accept_requests=False``). Each applied one is recorded as the event its API
+        call records, naming the request, with its author as actor; one the API refuses changes nothing and
+        is marked refused with the API's message.
+
+        Returns:
+            the requests handled, as they ended (``status`` "applied" with ``applied_seq``, or "refused" with
+            ``error``).
+
+        Example:
+            >>> [(r.kind, r.status, r.applied_seq) for r in exp.apply_requests()]
+            [('prune', 'applied', 12)]
+        """
+        return self._requests.apply()
+
+    def _request_calls(self) -> dict[str, Call]:
+        """The API call each requestable kind makes (what a script would call)."""
+        def edit(kind: str) -> Call:
+            cls = event_class(kind)
+            assert issubclass(cls, EditEvent)
+            return lambda args: getattr(self.model, cls.METHOD)(**cls.from_payload({"args": args}).call_args())
+
+        def samples(deny: bool) -> Call:
+            def call(args: dict[str, Any]) -> object:
+                ds = (self._rt.train if args["split"] == "train" else self._rt.eval).ledger
+                if args["mode"] == "where":
+                    return (ds.deny_samples_where if deny else ds.allow_samples_where)(args["query"])
+                if args["mode"] == "all":
+                    return ds.allowlist_samples(None)
+                return (ds.denylist_samples if deny else ds.allowlist_samples)(args["ids"])
+            return call
+
+        calls: dict[str, Call] = {kind: edit(kind) for kind, cls in
+                                  ((k, event_class(k)) for k in REQUEST_KINDS) if issubclass(cls, EditEvent)}
+        calls[SamplesDenied.KIND] = samples(deny=True)
+        calls[SamplesAllowed.KIND] = samples(deny=False)
+        calls[HyperparametersSet.KIND] = lambda args: self.set_hyperparameters(**args)
+        calls[CheckpointDumped.KIND] = lambda args: self.dump()
+        calls[CheckpointLoaded.KIND] = lambda args: self.load(args["checkpoint_id"])
+        return calls
+
     # ------------------------------------------------------------------ public tools
 
     def display_stats(self) -> None:
@@ -480,6 +578,9 @@ class Experiment:
 
     def dump(self) -> int:
         """Save a checkpoint; returns its id (0, 1, 2, … per experiment)."""
+        self._requests.safe_point()
+        if self._rt.group is not None:  # collective under torch.distributed
+            self._rt.group.agree("exp.dump", None)
         return self.chkpt_manager.dump()
 
     def load(self, checkpoint_id: int) -> None:
@@ -488,10 +589,15 @@ class Experiment:
         Everything is checked before anything is restored (the checkpoint, its blobs, and that the store's
         log still ends where this session left it); a failed write of the ``load`` event restores the state
         before it."""
+        self._requests.safe_point()
+        if self._rt.group is not None:  # collective under torch.distributed
+            self._rt.group.agree("exp.load", checkpoint_id)
         self.chkpt_manager.load(checkpoint_id)
 
     def snapshot(self) -> list[int]:
         """Write Parquet snapshots of sample_stats, neuron_stats and the sample history now."""
+        if self._rt.group is not None and not self._rt.group.writes:
+            return []  # rank 0 writes them
         self._recorder.wait()
         before = set(self.store.snapshot_ids(self.experiment_id))
         with self.store.transaction() as conn:
@@ -551,6 +657,8 @@ class Experiment:
         """Write pending statistics, flush TensorBoard. The experiment stays usable."""
         self._recorder.close()
         self._board.close()
+        if self._rt.group is not None:  # collective: every rank returns once rank 0 has written everything
+            self._rt.group.barrier()
 
     def __repr__(self) -> str:
         return (f"Experiment(name={self.name!r}, store={self.store.describe()!r}, age={self.model_age}, "

@@ -18,9 +18,17 @@ from torch.utils.data import DataLoader
 from weightslab.ledger import LedgeredDataset, LedgerSampler
 from weightslab.ledger.batching import collate
 
-__all__ = ["Batch", "Batches"]
+__all__ = ["Batch", "Batches", "share_of"]
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs, labels, sample ids
+
+
+def share_of(n: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous share of a global batch of ``n`` samples: as even as can be, the first
+    ``n % world_size`` ranks taking one more (a rank's share of a short last batch may be empty)."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
 
 
 class Batches:
@@ -45,11 +53,34 @@ class Batches:
         self._train_iter: Iterator[Any] | None = None
         self._eval_iter: Iterator[Any] | None = None
         self._last_train_id = -1
+        self.share: tuple[int, int] | None = None  # (rank, world size) under torch.distributed: see distribute()
+        self.last_global = 0  # samples in the last global training batch (this rank trained on its share)
+
+    def distribute(self, rank: int, world_size: int) -> None:
+        """Under torch.distributed: the loaders give global batches (``batch_size × world_size`` ids, drawn
+        from the same sampler on every rank) and :meth:`next_train` / :meth:`next_eval` / :meth:`full_eval`
+        this rank's share of each (see :mod:`~weightslab.experiment.distributed`)."""
+        self.share = (rank, world_size)
+        for attr in ("train_loader", "eval_loader"):
+            loader = getattr(self, attr)
+            setattr(self, attr, DataLoader(loader.dataset, batch_size=loader.batch_size * world_size,
+                                           sampler=loader.sampler, num_workers=self.num_workers,
+                                           pin_memory=loader.pin_memory, generator=self.generator,
+                                           collate_fn=collate))
+        self.drop()
+
+    def _mine(self, batch: Any) -> Any:
+        if self.share is None:
+            return batch
+        part = share_of(len(batch[2]), *self.share)
+        return batch[0][part], batch[1][part], batch[2][part]
 
     def set_train_batch_size(self, batch_size: int) -> None:
         """Build the train loader anew for another batch size (same sampler: the epoch goes on)."""
         self.sync_train_position()
         loader = self.train_loader
+        if self.share is not None:
+            batch_size *= self.share[1]  # the global batch
         self.train_loader = DataLoader(loader.dataset, batch_size=batch_size, sampler=self._train_sampler,
                                        num_workers=self.num_workers, pin_memory=loader.pin_memory,
                                        generator=self.generator, collate_fn=collate)
@@ -75,7 +106,8 @@ class Batches:
             self._train_iter = iter(self.train_loader)
             batch = next(self._train_iter)
         self._last_train_id = int(batch[2][-1])
-        return self._to_device(batch)
+        self.last_global = len(batch[2])
+        return self._to_device(self._mine(batch))
 
     def next_eval(self) -> Batch:
         """The next eval batch (the eval set is walked in order, round and round)."""
@@ -86,7 +118,7 @@ class Batches:
         except StopIteration:
             self._eval_iter = iter(self.eval_loader)
             batch = next(self._eval_iter)
-        return self._to_device(batch)
+        return self._to_device(self._mine(batch))
 
     def full_eval(self) -> Iterator[Batch]:
         """Every allowed eval sample once, in id order."""
@@ -94,7 +126,7 @@ class Batches:
         loader = DataLoader(self._eval_ledger, batch_size=self.eval_loader.batch_size, sampler=allowed,
                             num_workers=self.num_workers, generator=self.generator, collate_fn=collate)
         for batch in loader:
-            yield self._to_device(batch)
+            yield self._to_device(self._mine(batch))
 
     def sync_train_position(self) -> None:
         """With workers the loader reads ahead: put the sampler where training really is."""

@@ -66,11 +66,16 @@ def train_loop(rt: Runtime, n: int, step: Any = None) -> LoopResult:
     step = step or rt.step
     ctx = step_context(rt)
     per = rt.config.scheduler["interval"] if rt.scheduler is not None else None
+    group = rt.group  # under torch.distributed (experiment/distributed.py); None in one process
+    if group is not None:
+        group.wrap(rt)  # DDP over the parameters as they are now
+        counted = group.counters(model)
     model.train()
     model.tracking_mode = TrackingMode.TRAIN
     optimizer.zero_grad(set_to_none=True)
     try:
-        with model.batched_trigger_counts(), BatchResults(rt.train.ledger, rt.device) as results, \
+        gather = group.gather_batches if group is not None else None
+        with model.batched_trigger_counts(), BatchResults(rt.train.ledger, rt.device, gather=gather) as results, \
                 no_scheduler_warnings():
             for i in _progress(rt, range(n), f"train {rt.name}"):
                 epoch = rt.batches.train_epoch
@@ -78,7 +83,11 @@ def train_loop(rt: Runtime, n: int, step: Any = None) -> LoopResult:
                 if per == "epoch" and epoch and rt.batches.train_epoch > epoch:
                     rt.scheduler.step()  # an epoch ended before this batch
                 ctx.index, ctx.last, ctx.age = i, i == n - 1, _age_now(rt)
+                if group is not None:  # this rank trains on its share of the global batch
+                    ctx.loss_weight = group.world_size / rt.batches.last_global
                 losses, output = step(rt.forward, (inputs, labels, ids), optimizer, ctx)
+                if group is not None:  # the age counts the global batch
+                    model.model_age.add_(rt.batches.last_global - len(ids))
                 if per == "batch" and ctx.steps_optimizer:
                     rt.scheduler.step()
                 _check_step(step, losses, output, ids)
@@ -86,6 +95,8 @@ def train_loop(rt: Runtime, n: int, step: Any = None) -> LoopResult:
     finally:
         model.tracking_mode = TrackingMode.DISABLED
         rt.batches.sync_train_position()
+    if group is not None:
+        group.sync_after_loop(model, counted)
     return _means(results)
 
 
@@ -110,8 +121,11 @@ def eval_loop(rt: Runtime, steps: int | None) -> LoopResult:
     model.tracking_mode = TrackingMode.EVAL
     age = rt.model_age
     autocast = step_context(rt).autocast()
+    group = rt.group
+    counted = group.counters(model) if group is not None else []
     try:
-        with torch.no_grad(), model.batched_trigger_counts(), BatchResults(rt.eval.ledger, rt.device) as results:
+        with torch.no_grad(), model.batched_trigger_counts(), BatchResults(
+                rt.eval.ledger, rt.device, gather=group.gather_batches if group is not None else None) as results:
             batches = rt.batches.full_eval() if steps is None else (
                 rt.batches.next_eval() for _ in _progress(rt, range(steps), f"eval {rt.name}"))
             for inputs, labels, ids in batches:
@@ -122,6 +136,8 @@ def eval_loop(rt: Runtime, steps: int | None) -> LoopResult:
     finally:
         model.tracking_mode = TrackingMode.DISABLED
         model.train(was_training)
+    if group is not None:
+        group.sync_after_loop(model, counted)
     return _means(results)
 
 

@@ -20,9 +20,9 @@ import contextlib
 import dataclasses
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,8 +34,12 @@ from weightslab.events.record import OperationRecord
 from weightslab.experiment.runtime import Fingerprint
 from weightslab.experiment.statistics import SampleJob, Statistics
 from weightslab.history.eventlog import EventRow
+from weightslab.history.requests import RequestRow, Status
 from weightslab.history.store import Store
 from weightslab.history.tensorcodec import encode_tensor
+
+if TYPE_CHECKING:
+    from weightslab.experiment.distributed import Group
 
 __all__ = ["INLINE_IDS", "Recorder"]
 
@@ -80,6 +84,15 @@ class Recorder:
         #: too); None while it can. Nothing is appended once it is set: the experiment must be reopened.
         self.broken: str | None = None
         self.listeners: list[Listener] = []
+        #: Under torch.distributed (experiment/distributed.py): each event is agreed between the ranks before
+        #: it is written, and only rank 0 writes; the other ranks' recorders mirror its seq and hash.
+        self.group: Group | None = None
+        self._deferred = 0  # > 0 (ranks > 0) inside transaction(): the seq is confirmed when it ends
+        self._written: tuple[int, str] | None = None  # (rank 0) the event its transaction() is committing
+        #: The outside request being applied (experiment/requests.py): the next event names it, has its author
+        #: as actor, and marks it applied in the same transaction; ``request_seq`` is then that event's seq.
+        self.request: RequestRow | None = None
+        self.request_seq: int | None = None
         self._fingerprint = fingerprint
         self._statistics = statistics
         self._writer: ThreadPoolExecutor | None = None
@@ -150,6 +163,43 @@ class Recorder:
         self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
         self._pending.append(self._writer.submit(self.store.write_sample_rows, self.experiment_id, jobs))
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """The store's transaction, for a caller whose own writes commit with an event (creation, dump).
+
+        Under torch.distributed it is rank 0's; the other ranks get ``None`` (they write nothing) and, when
+        it ends, rank 0's outcome: the seq, hash and experiment id it committed, or its error (raised).
+        """
+        group = self.group
+        if group is None:
+            with self.store.transaction() as conn:
+                yield conn
+            return
+        from weightslab.experiment.distributed import Outcome
+
+        if group.writes:
+            self._written = None
+            try:
+                with self.store.transaction() as conn:
+                    yield conn
+            except BaseException as e:
+                group.outcome(Outcome(error=f"{type(e).__name__}: {e}"))
+                raise
+            seq, digest = self._written or (self.last_seq, self.last_hash)
+            group.outcome(Outcome(seq, digest, self.experiment_id))
+            return
+        self._deferred += 1
+        try:
+            yield None
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error of this rank is the one to raise
+                group.outcome()
+            raise
+        finally:
+            self._deferred -= 1
+        done = group.outcome()
+        self.last_seq, self.last_hash, self.experiment_id = done.seq, done.hash, done.experiment_id
+
     # -- the observer of model and datasets -------------------------------------------
     def record_operation(self, record: OperationRecord, split: str | None = None) -> None:
         """Append the event of an operation the model or a dataset reports (unless muted)."""
@@ -175,8 +225,9 @@ class Recorder:
         fingerprint: Fingerprint | None = None,
         flush_all: bool = False,
         conn: Any = None,
-    ) -> EventRow:
-        """Append ``event`` with the current state's fingerprint (or the one given); returns its row.
+    ) -> EventRow | None:
+        """Append ``event`` with the current state's fingerprint (or the one given); returns its row (None on
+        a rank of torch.distributed that does not write).
 
         ``blobs`` are stored and named in the event; ``in_transaction(conn, seq)`` runs inside the
         event's transaction; ``flush_all`` writes every sample row, not only the changed ones. With
@@ -188,11 +239,22 @@ class Recorder:
         """
         self.check_writable()
         fp = fingerprint or self._fingerprint()
+        if self.group is not None:
+            self.group.agree_event(self.last_seq + 1, event, fp)  # DistributedError on every rank, nothing written
+            if not self.group.writes:
+                self._follow(conn)
+                return None
+        request = self.request if self.request_seq is None and "request" in event.__dataclass_fields__ else None
+        if request is not None:
+            event = dataclasses.replace(event, request=request.request_id)  # type: ignore[call-arg]
         if conn is None:
-            with self.store.transaction() as own:
-                row, event, written = self._write(own, event, blobs, in_transaction, fp)
+            with self.transaction() as own:
+                row, event, written = self._write(own, event, blobs, in_transaction, fp, request)
+                self._written = (row.seq, row.hash)
         else:
-            row, event, written = self._write(conn, event, blobs, in_transaction, fp)
+            row, event, written = self._write(conn, event, blobs, in_transaction, fp, request)
+        if request is not None:
+            self.request_seq = row.seq
         self.last_seq, self.last_hash = row.seq, row.hash
         self._neurons_written = written  # only once the transaction committed
         self._submit(self._statistics.sample_jobs(everything=flush_all))
@@ -200,8 +262,18 @@ class Recorder:
             listener(row, event)
         return row
 
+    def _follow(self, conn: Any) -> None:
+        """A rank that does not write: learn rank 0's seq and hash (at once, or when the caller's
+        :meth:`transaction` ends), and drop the statistics rank 0 writes."""
+        if conn is None and not self._deferred:
+            with self.transaction():
+                pass
+        else:
+            self.last_seq += 1  # confirmed by rank 0 when the caller's transaction ends
+        self._statistics.forget()
+
     def _write(self, conn: Any, event: DomainEvent, blobs: Mapping[str, torch.Tensor] | None,
-               in_transaction: InTransaction | None, fp: Fingerprint,
+               in_transaction: InTransaction | None, fp: Fingerprint, request: RequestRow | None = None,
                ) -> tuple[EventRow, DomainEvent, dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]]:
         store = self.store
         named: dict[str, str] = dict(event.blobs)
@@ -210,7 +282,17 @@ class Recorder:
             named.update(zip(names, store.blobs.put_many(conn, [encode_tensor(blobs[n]) for n in names])))
         event = dataclasses.replace(event, state=fp.groups, blobs=named)
         row = store.append_event(self.experiment_id, event.KIND, event.to_payload(), expected_last_seq=self.last_seq,
-                                 conn=conn, state_hash=fp.digest, code_version=self.code_version)
+                                 conn=conn, state_hash=fp.digest, code_version=self.code_version,
+                                 actor=request.requested_by if request is not None else None)
+        # the event and the request's "applied" commit together, or neither (and never for a request that
+        # another process put back in the queue meanwhile)
+        if request is not None and not store.finish_request(request.request_id, Status.APPLIED, applied_seq=row.seq,
+                                                            conn=conn):
+            from weightslab.errors import ConcurrencyError
+
+            raise ConcurrencyError(f"request {request.request_id} is no longer being applied by this process "
+                                   "(another process opened the experiment meanwhile); nothing was recorded. "
+                                   "Reopen the experiment to continue from the latest state.")
         written = self._flush_neurons(conn)
         if in_transaction is not None:
             in_transaction(conn, row.seq)

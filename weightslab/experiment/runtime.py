@@ -22,7 +22,7 @@ from weightslab.experiment import capture as capture_mod
 from weightslab.experiment.config import ExperimentConfig
 from weightslab.experiment.criterion import Criterion, check_criterion
 from weightslab.experiment.loaders import Batches
-from weightslab.experiment.state import tensor_hashes
+from weightslab.experiment.state import fast_digests, tensor_hashes
 from weightslab.experiment.training import Step, default_step
 from weightslab.history.manifest import state_digest
 from weightslab.history.store import Store
@@ -76,8 +76,9 @@ class Runtime:
     scaler: Any = None  # torch.amp.GradScaler of fp16 training
     forward: Any = None  # what the loops call: torch.compile(model) when compiled, else the model itself
     experiment_id: int = 0  # set once the experiment is created or found in the store
-    #: 2: fingerprints cover the JSON part of the state too (hyper-parameters, scheduler, scaler); 1: the
-    #: tensors only (experiments created before fingerprint version 2; see history/manifest.state_digest)
+    group: Any = None  # under torch.distributed: this rank's Group (experiment/distributed.py); None in one process
+    #: 2: fast tensor digests, and the JSON part of the state too (hyper-parameters, scheduler, scaler);
+    #: 1: blob hashes of the tensors only (experiments created before; see history/manifest.state_digest)
     fingerprint_version: int = 2
 
     def __post_init__(self) -> None:
@@ -115,9 +116,14 @@ class Runtime:
         self.batches.set_train_batch_size(batch_size)
 
     def fingerprint(self) -> Fingerprint:
-        """The fingerprint of the live state (the tensors' blob hashes, and from version 2 the JSON part)."""
+        """The fingerprint of the live state: version 2, the tensors' fast digests (computed where they live)
+        and the JSON part; version 1, the tensors' blob hashes (see history/manifest.state_digest)."""
         tensors, meta = self.capture()
-        return Fingerprint.of_state(tensor_hashes(tensors), meta)
+        return Fingerprint.of_state(self.tensor_digests(tensors), meta)
+
+    def tensor_digests(self, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+        """Each tensor's digest as this experiment's fingerprint version defines it."""
+        return fast_digests(tensors) if self.fingerprint_version >= 2 else tensor_hashes(tensors)
 
     def probe_criterion(self) -> None:
         """Run two samples of each split through model and criterion (nothing is recorded or changed).

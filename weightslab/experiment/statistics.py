@@ -52,6 +52,15 @@ class Statistics:
                 jobs.append((split.name, ds.stats.rows(ids)))
         return jobs
 
+    def forget(self) -> None:
+        """On a rank that does not write (torch.distributed, ranks > 0): drop the changed-row marks and the
+        per-pass rows that rank 0 writes."""
+        for split in self._rt.splits:
+            split.ledger.take_dirty_ids()
+            split.ledger.drain_history()
+        self._history.clear()
+        self._in_snapshot = 0
+
     # -- the per-pass history ------------------------------------------------------------------------
     def keep_history(self) -> None:
         """Move the ledgers' per-pass rows into the buffer the next snapshot writes (as arrays: the frame

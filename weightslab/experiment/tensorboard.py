@@ -1,6 +1,6 @@
 """TensorBoard logs of an experiment: one run per branch, curves against model age, a marker per operation.
 
-Each branch of the lineage (:mod:`weightslab.ui.branches`: ``c0``, ``c1-from-c0``, …)
+Each branch of the lineage (:mod:`weightslab.history.branches`: ``c0``, ``c1-from-c0``, …)
 is a run of its own, a folder under the experiment's log directory, so the step
 (the model age) only grows within a run: after a ``load`` the age goes back, and
 TensorBoard's loaders drop or purge points that go back within one run.
@@ -23,8 +23,8 @@ from weightslab.events.domain import (
     ExperimentResumed,
     StepsTrained,
 )
+from weightslab.history.branches import BranchTracker
 from weightslab.history.log import walk
-from weightslab.ui.branches import BranchTracker
 
 if TYPE_CHECKING:
     from weightslab.experiment.runtime import Runtime
@@ -100,6 +100,7 @@ class Board:
         self._branches: BranchTracker | None = None
         self._markers: Counter[str] = Counter()  # markers per run, this process's and those before it
         self._start: tuple[int, list[int]] | None = None  # (age, widths) a branch after a dump starts from
+        self.quiet = False  # True: write nothing (the ranks > 0 of torch.distributed)
 
     def on_event(self, row: Any, event: DomainEvent) -> None:
         """Recorder listener: follow the branches; mark every event but training and evaluation (curves)."""
@@ -118,11 +119,15 @@ class Board:
             self._start = (age, self._rt.widths())  # where the branch after the dump starts
 
     def scalars(self, split: str, loss: float, acc: float) -> None:
+        if self.quiet:
+            return
         # No flush here: TensorBoard's writer thread flushes every few seconds (flush_secs), and a
         # flush per training call would make the training loop wait for a disk write.
         self._writer(self._current()).scalars(split, {"loss": loss, "accuracy": acc}, self._rt.model_age)
 
     def trigger_rates(self) -> None:
+        if self.quiet:
+            return
         rates = {(i, split): layer.trigger_rates(split)
                  for i, layer in enumerate(self._rt.model.layers) for split in ("train", "eval")}
         self._writer(self._current()).trigger_rates(rates, self._rt.model_age)

@@ -81,6 +81,9 @@ class StepContext:
     grad_clip: tuple[str, float] | None = None
     optimizer: torch.optim.Optimizer | None = None
     model: torch.nn.Module | None = None
+    #: Under torch.distributed: the loss is the sum of this rank's per-sample losses times this weight
+    #: (world size / global batch), so that DDP's average of the ranks' gradients is the global batch's mean
+    loss_weight: float | None = None
 
     @property
     def steps_optimizer(self) -> bool:
@@ -140,7 +143,8 @@ def default_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Op
     with ctx.autocast():
         output = model(inputs)
         losses = ctx.criterion(output, labels)
-    ctx.backward(losses.float().mean() / ctx.accumulate)
+    loss = losses.float().mean() if ctx.loss_weight is None else losses.float().sum() * ctx.loss_weight
+    ctx.backward(loss / ctx.accumulate)
     if ctx.steps_optimizer:
         ctx.optimizer_step()
     return losses, output
