@@ -7,19 +7,30 @@ time, so the rows go in bulk. On SQLite, sample (and neuron) rows go as multi-ro
 column by column (no per-row Python tuples) and each statement's upserts run
 inside SQLite without Python's GIL, so a background flush overlaps training
 (benchmarked at about half the CPU of staging through a temporary table).
-On PostgreSQL rows are ``COPY``'d into a temporary table and merged with one
-``INSERT ... SELECT ... ON CONFLICT``. Values are always bound parameters,
-never formatted into SQL.
+On PostgreSQL sample rows are encoded by numpy, column by column, as one binary
+``COPY`` stream (no per-row Python) into a temporary staging table of the
+statistics columns only (the experiment id and split are bound once), then merged:
+a small write by ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` (an index probe
+per row), a large one (every row of a split, each epoch) by ``UPDATE ... FROM``
+in one hash join (one pass over the split's pages, no row lock per row) and an
+insert of the rows it did not find. ``sample_stats`` keeps free room on its
+pages (fill factor 40, revision 0006) so those updates are HOT: no new index
+entry, and the next write prunes the previous versions on the page without a
+VACUUM (see docs/postgres.md).
+Neuron rows are few and keep the text ``COPY``. Values are always bound
+parameters or ``COPY`` data, never formatted into SQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from itertools import chain
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Boolean, Connection, Float, delete, tuple_
+from sqlalchemy.exc import DBAPIError
 
 from weightslab.history.schema import NeuronStat, SampleStat
 
@@ -68,19 +79,28 @@ _SQLITE_SAMPLE_BULK, _SQLITE_SAMPLE_ONE = (
     _sqlite_upsert("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, ("?1", "?2"), n) for n in (SQLITE_ROWS_PER_STATEMENT, 1))
 _SQLITE_NEURON_BULK, _SQLITE_NEURON_ONE = (
     _sqlite_upsert("neuron_stats", _NEURON_ALL, _NEURON_KEY, ("?1",), n) for n in (SQLITE_ROWS_PER_STATEMENT, 1))
-_PG_SAMPLE = _merge_sql("sample_stats", _SAMPLE_ALL, _SAMPLE_KEY, "wl_tmp_sample_stats")
 _PG_NEURON = _merge_sql("neuron_stats", _NEURON_ALL, _NEURON_KEY, "wl_tmp_neuron_stats")
-_PG_TMP = {
-    "sample_stats": "CREATE TEMP TABLE IF NOT EXISTS wl_tmp_sample_stats "
-                    "(LIKE sample_stats INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-    "neuron_stats": "CREATE TEMP TABLE IF NOT EXISTS wl_tmp_neuron_stats "
-                    "(LIKE neuron_stats INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-}
-_PG_COPY = {
-    "sample_stats": f"COPY wl_tmp_sample_stats ({', '.join(_SAMPLE_ALL)}) FROM STDIN",
-    "neuron_stats": f"COPY wl_tmp_neuron_stats ({', '.join(_NEURON_ALL)}) FROM STDIN",
-}
-_PG_TRUNCATE = {"sample_stats": "TRUNCATE wl_tmp_sample_stats", "neuron_stats": "TRUNCATE wl_tmp_neuron_stats"}
+_PG_NEURON_TMP = ("CREATE TEMP TABLE IF NOT EXISTS wl_tmp_neuron_stats "
+                  "(LIKE neuron_stats INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+_PG_NEURON_COPY = f"COPY wl_tmp_neuron_stats ({', '.join(_NEURON_ALL)}) FROM STDIN"
+
+
+@contextmanager
+def _driver_cursor(conn: Connection, what: str) -> Iterator[Any]:
+    """A cursor of the driver's own connection (bulk paths SQLAlchemy does not offer: executemany of prepared
+    multi-row statements, COPY). The driver's errors leave it as SQLAlchemy's (``DBAPIError`` and its
+    subclasses, the driver's error as ``orig``), as every other statement's do, so that the store's one
+    translation boundary turns them into WeightsLab errors."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    error = conn.dialect.loaded_dbapi.Error
+    cur = driver.cursor()
+    try:
+        yield cur
+    except error as e:
+        raise DBAPIError.instance(what, None, e, error) from e
+    finally:
+        cur.close()
 
 
 def _column(values: Any, nullable: bool, kind: type) -> list[Any]:
@@ -122,11 +142,10 @@ def upsert_sample_stats(
     n = len(columns["sample_id"])
     if n == 0:
         return 0
-    cols = [_column(columns[c], *_SAMPLE_KINDS[c]) for c in SAMPLE_COLUMNS]
     if conn.dialect.name == "sqlite":
-        _sqlite_samples(conn, experiment_id, split, cols, n)
+        _sqlite_samples(conn, experiment_id, split, [_column(columns[c], *_SAMPLE_KINDS[c]) for c in SAMPLE_COLUMNS], n)
     else:
-        _bulk(conn, "sample_stats", list(zip([experiment_id] * n, [split] * n, *cols)))
+        _pg_samples(conn, experiment_id, split, columns, n)
     return n
 
 
@@ -145,16 +164,11 @@ def _sqlite_multirow(conn: Connection, bulk: str, one: str, head: list[Any], fla
     values in ``flat``, each statement's parameters prefixed with ``head``."""
     k = SQLITE_ROWS_PER_STATEMENT
     full = n - n % k
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    cur = driver.cursor()
-    try:
+    with _driver_cursor(conn, bulk.split(" VALUES ")[0]) as cur:
         if full:
             cur.executemany(bulk, (head + flat[i * width:(i + k) * width] for i in range(0, full, k)))
         if full < n:
             cur.executemany(one, (head + flat[i * width:(i + 1) * width] for i in range(full, n)))
-    finally:
-        cur.close()
 
 
 def upsert_neuron_stats(conn: Connection, experiment_id: int, rows: Sequence[Sequence[Any]]) -> int:
@@ -168,21 +182,157 @@ def upsert_neuron_stats(conn: Connection, experiment_id: int, rows: Sequence[Seq
     if conn.dialect.name == "sqlite":  # multi-row upserts, as for samples (a ResNet has ~10^4 neurons)
         _sqlite_multirow(conn, _SQLITE_NEURON_BULK, _SQLITE_NEURON_ONE, [experiment_id], flat, width, len(rows))
     else:
-        _bulk(conn, "neuron_stats", [(experiment_id, *r) for r in rows])
+        _pg_neurons(conn, [(experiment_id, *r) for r in rows])
     return len(rows)
 
 
-def _bulk(conn: Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
-    """PostgreSQL: ``COPY`` the rows into a temporary table, then merge them with one statement."""
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    with driver.cursor() as cur:
-        cur.execute(_PG_TMP[table])
-        with cur.copy(_PG_COPY[table]) as copy:
+def _pg_neurons(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL: ``COPY`` neuron rows into a temporary table, then merge them with one statement."""
+    with _driver_cursor(conn, _PG_NEURON) as cur:
+        cur.execute(_PG_NEURON_TMP)
+        with cur.copy(_PG_NEURON_COPY) as copy:
             for row in rows:
                 copy.write_row(row)
-        cur.execute(_PG_SAMPLE if table == "sample_stats" else _PG_NEURON)
-        cur.execute(_PG_TRUNCATE[table])
+        cur.execute(_PG_NEURON)
+        cur.execute("TRUNCATE wl_tmp_neuron_stats")
+
+
+# -- PostgreSQL sample rows: one binary COPY into a staging table, one merge --------------------------------
+
+def _pg_stage_type(column: Any) -> tuple[str, np.dtype]:
+    """(SQL type, binary COPY dtype) of a statistics column in the staging table. Integer columns are staged
+    as bigint: a value outside an ``integer`` column's range is then refused by the merge's assignment cast
+    (as it was before binary COPY) instead of wrapping silently in numpy."""
+    t = column.type
+    if isinstance(t, Boolean):
+        return "boolean", np.dtype("?")
+    if isinstance(t, Float):
+        return "double precision", np.dtype(">f8")
+    return "bigint", np.dtype(">i8")
+
+
+_PG_STAGE_TYPES = {c: _pg_stage_type(SampleStat.__table__.c[c]) for c in SAMPLE_COLUMNS}
+_PG_STAGE = "wl_stage_sample_stats"
+_PG_STAGE_CREATE = (f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} ("
+                    + ", ".join(f"{c} {t}" for c, (t, _) in _PG_STAGE_TYPES.items()) + ") ON COMMIT DELETE ROWS")
+_PG_STAGE_TRUNCATE = f"TRUNCATE {_PG_STAGE}"
+_PG_STAGE_COPY = f"COPY {_PG_STAGE} ({', '.join(SAMPLE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_SAMPLE_VALUES = [c for c in SAMPLE_COLUMNS if c not in _SAMPLE_KEY]
+# Rows whose values are unchanged are left alone (no new row version, no WAL).
+_PG_SAMPLE_MERGE = (
+    f"INSERT INTO sample_stats ({', '.join(_SAMPLE_ALL)}) "  # noqa: S608 - constants only
+    f"SELECT %s::integer, %s::varchar, {', '.join(SAMPLE_COLUMNS)} FROM {_PG_STAGE} "
+    f"ON CONFLICT ({', '.join(_SAMPLE_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _SAMPLE_VALUES)
+    + " WHERE (" + ", ".join(f"sample_stats.{c}" for c in _SAMPLE_VALUES) + ") IS DISTINCT FROM ("
+    + ", ".join(f"excluded.{c}" for c in _SAMPLE_VALUES) + ")")
+# A large write (every row of a split, each epoch) is matched in one hash join instead: the split's rows are
+# read in page order and updated there (one pass over the table, no per-row index probe, no row lock
+# before the update: about half the server's CPU of ON CONFLICT at 10^6 rows), then the rows not there yet
+# are inserted. The join is forced (the staging table has no statistics, so the planner may otherwise pick
+# a nested loop over it) and given memory for one batch; the settings are restored right after.
+_PG_SAMPLE_UPDATE = (
+    "UPDATE sample_stats t SET " + ", ".join(f"{c} = s.{c}" for c in _SAMPLE_VALUES)  # noqa: S608
+    + f" FROM {_PG_STAGE} s WHERE t.experiment_id = %s::integer AND t.split = %s::varchar "
+    "AND t.sample_id = s.sample_id")
+_PG_SAMPLE_INSERT_NEW = _PG_SAMPLE_MERGE.split(" DO UPDATE ")[0] + " DO NOTHING"
+_PG_JOIN_SETTINGS = {"enable_nestloop": "off", "enable_mergejoin": "off", "work_mem": "256MB"}
+_PG_SETTINGS_READ = "SELECT " + ", ".join(f"current_setting('{k}')" for k in _PG_JOIN_SETTINGS)
+_PG_SETTINGS_SET = "SELECT " + ", ".join(f"set_config('{k}', %s, true)" for k in _PG_JOIN_SETTINGS)
+#: Rows from which a split's write is merged by a hash join (below: ON CONFLICT, an index probe per row,
+#: cheaper than reading every row of a large split to update a few).
+PG_HASH_MERGE_ROWS = 100_000
+# The binary COPY stream's header (signature, flags, header extension length) and trailer.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
+#: Rows encoded per piece of the COPY stream (bounds the memory of a 10^6-row write to a few MB).
+PG_ROWS_PER_PIECE = 1 << 16
+
+
+def _pg_column(values: Any, nullable: bool, kind: type) -> tuple[np.ndarray, np.ndarray | None]:
+    """A column as a numpy array of its staged type and its mask of NULLs (None: none): the values and NULLs
+    of :func:`_column`, without Python objects."""
+    arr = np.asarray(values)
+    mask = None
+    if nullable and arr.dtype.kind == "f":
+        nan = np.isnan(arr)
+        mask = nan if nan.any() else None
+    if kind is bool:
+        return arr.astype(bool), mask
+    if kind is float:
+        return arr.astype(np.float64), mask
+    return (arr if mask is None else np.where(mask, 0, arr)).astype(np.int64), mask
+
+
+def _binary_tuples(values: list[np.ndarray], nulls: list[np.ndarray | None],
+                   dtypes: list[np.dtype]) -> bytes:
+    """Rows in PostgreSQL's binary ``COPY`` tuple format: per row a field count, then per field its length
+    (-1: NULL) and its big-endian bytes. The rows of one pattern of NULLs are one fixed-width numpy record
+    array, so no Python runs per row; patterns follow one another (row order is immaterial to the merge)."""
+    n = len(values[0])
+    pattern = np.zeros(n, np.int64)
+    for j, mask in enumerate(nulls):
+        if mask is not None:
+            pattern |= mask.astype(np.int64) << j
+    kinds = np.unique(pattern)
+    parts = []
+    for p in kinds.tolist():
+        rows = None if len(kinds) == 1 else np.flatnonzero(pattern == p)
+        fields: list[tuple[str, Any]] = [("count", ">i2")]
+        for j, dtype in enumerate(dtypes):
+            fields.append((f"len{j}", ">i4"))
+            if not (p >> j) & 1:
+                fields.append((f"val{j}", dtype))
+        record = np.empty(n if rows is None else len(rows), np.dtype(fields))
+        record["count"] = len(dtypes)
+        for j, dtype in enumerate(dtypes):
+            if (p >> j) & 1:
+                record[f"len{j}"] = -1
+            else:
+                record[f"len{j}"] = dtype.itemsize
+                record[f"val{j}"] = values[j] if rows is None else values[j][rows]
+        parts.append(record.tobytes())
+    return b"".join(parts)
+
+
+def _pg_pieces(columns: Mapping[str, Any], n: int) -> Iterator[bytes]:
+    """The binary ``COPY`` stream of the sample rows, in pieces of :data:`PG_ROWS_PER_PIECE` rows."""
+    staged = [(_pg_column(columns[c], *_SAMPLE_KINDS[c]) if c != "sample_id"
+               else (np.asarray(columns[c]).astype(np.int64), None)) for c in SAMPLE_COLUMNS]
+    dtypes = [_PG_STAGE_TYPES[c][1] for c in SAMPLE_COLUMNS]
+    yield _COPY_HEADER
+    for start in range(0, n, PG_ROWS_PER_PIECE):
+        piece = slice(start, start + PG_ROWS_PER_PIECE)
+        yield _binary_tuples([v[piece] for v, _ in staged], [None if m is None else m[piece] for _, m in staged],
+                             dtypes)
+    yield _COPY_TRAILER
+
+
+def _pg_samples(conn: Connection, experiment_id: int, split: str, columns: Mapping[str, Any], n: int) -> None:
+    """PostgreSQL: binary ``COPY`` the rows into the staging table, merge them with one statement, empty it."""
+    with _driver_cursor(conn, _PG_SAMPLE_MERGE) as cur:
+        cur.execute(_PG_STAGE_CREATE)
+        with cur.copy(_PG_STAGE_COPY) as copy:
+            for piece in _pg_pieces(columns, n):
+                copy.write(piece)
+        if n < PG_HASH_MERGE_ROWS:
+            cur.execute(_PG_SAMPLE_MERGE, (experiment_id, split))
+        else:
+            _pg_hash_merge(cur, experiment_id, split, n)
+        cur.execute(_PG_STAGE_TRUNCATE)
+
+
+def _pg_hash_merge(cur: Any, experiment_id: int, split: str, n: int) -> None:
+    """Update the split's rows from the staging table in one hash join, then insert the rows not there yet
+    (only if the UPDATE found fewer rows than were staged: sample ids are unique within a write)."""
+    cur.execute(_PG_SETTINGS_READ)
+    before = cur.fetchone()
+    cur.execute(_PG_SETTINGS_SET, list(_PG_JOIN_SETTINGS.values()))
+    cur.execute(_PG_SAMPLE_UPDATE, (experiment_id, split))  # if it fails, the rollback undoes the settings
+    updated = cur.rowcount
+    cur.execute(_PG_SETTINGS_SET, list(before))
+    if updated < n:
+        cur.execute(_PG_SAMPLE_INSERT_NEW, (experiment_id, split))
 
 
 def replace_neuron_stats(conn: Connection, experiment_id: int, rows: Sequence[Sequence[Any]],
