@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from weightslab.events.codec import canonical_json
 from weightslab.experiment.state import tensor_hashes
+from weightslab.history.manifest import FORMATS
 from weightslab.history.schema import Blob, BlobContent, Checkpoint, Snapshot
 from weightslab.history.store import Store
 from weightslab.history.tensorcodec import decode_tensor
@@ -90,7 +91,7 @@ def check_store(target: str, name: str, committed: tuple[int, str] | None, verif
         def manifest(h: str) -> None:
             raw = store.blobs.get(h)
             doc = json.loads(raw)
-            assert doc["format"] == "weightslab.state/1"
+            assert doc["format"] in FORMATS  # /1, or /2 with its per-sample state compact (WLC1)
             for th in doc["tensors"].values():
                 data = blob(th)
                 if data is not None:

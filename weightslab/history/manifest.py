@@ -1,12 +1,18 @@
 """The state manifest: the one definition of its format, and the state fingerprint it proves.
 
-A manifest is a blob of canonical JSON ``{"format": "weightslab.state/1", "tensors":
+A manifest is a blob of canonical JSON ``{"format": "weightslab.state/2", "tensors":
 {name: blob hash}, "meta": {...}}``: every tensor of an experiment's state (named
 ``model/…``, ``optim/…``, ``ledger/…``, ``sampler/…``, ``rng/…``) by the blob that holds
 it, and the non-tensor part (optimizer hyper-parameters, architecture, model age).
 The *state hash* of a set of tensor hashes is the SHA-256 of their canonical JSON,
 so a checkpoint's manifest proves the fingerprint recorded with its event, and
 *group hashes* say which part of a state differs.
+
+Format versions (docs/dumps.md): ``weightslab.state/1`` names ``WLT1`` tensor blobs only (raw
+values); ``weightslab.state/2`` may also name ``WLC1`` blobs (the same values, compact: per-sample
+columns narrowed and compressed, a sampler's order as the generator state it was drawn from). Both
+are read; a state whose fingerprint is built on blob hashes (version 1) is always written as
+``weightslab.state/1``, since its blob hashes are its fingerprint.
 
 Pure JSON and hashing: no torch, no SQL.
 """
@@ -22,10 +28,14 @@ from typing import Any
 from weightslab.errors import IntegrityError
 from weightslab.events.codec import canonical_json
 
-__all__ = ["FORMAT", "GROUPS", "Manifest", "encode_manifest", "group_hashes", "parse_manifest", "state_digest",
+__all__ = ["FORMAT", "FORMAT_COMPACT", "FORMATS", "GROUPS", "Manifest", "encode_manifest", "group_hashes", "parse_manifest", "state_digest",
            "state_hash", "uses_fast_digests"]
 
 FORMAT = "weightslab.state/1"
+#: Since 2026-12: tensor blobs may be ``WLC1`` (see :mod:`weightslab.history.tensorcodec`).
+FORMAT_COMPACT = "weightslab.state/2"
+#: The formats :func:`parse_manifest` reads.
+FORMATS = (FORMAT, FORMAT_COMPACT)
 #: The state groups, by tensor-name prefix.
 GROUPS = ("model", "optim", "ledger", "sampler", "rng")
 _PREFIXES = tuple(f"{g}/" for g in GROUPS)
@@ -37,6 +47,7 @@ class Manifest:
 
     tensors: dict[str, str]
     meta: dict[str, Any]
+    format: str = FORMAT
 
     def fingerprint(self, fast_digests: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
         """The digest and per-group digests of the state this manifest describes (see :func:`state_digest`).
@@ -69,13 +80,16 @@ class Manifest:
 
 
 def _bad(name: str, what: str) -> IntegrityError:
-    return IntegrityError(f"blob {name} is not a WeightsLab state manifest ({FORMAT}): {what}; "
+    return IntegrityError(f"blob {name} is not a WeightsLab state manifest ({' or '.join(FORMATS)}): {what}; "
                           "the store is damaged or was tampered with")
 
 
-def encode_manifest(tensors: Mapping[str, str], meta: Mapping[str, Any]) -> bytes:
-    """The manifest blob of a state: its tensors' blob hashes and its JSON part."""
-    return canonical_json({"format": FORMAT, "tensors": dict(tensors), "meta": dict(meta)}).encode()
+def encode_manifest(tensors: Mapping[str, str], meta: Mapping[str, Any], format: str = FORMAT) -> bytes:
+    """The manifest blob of a state: its tensors' blob hashes and its JSON part (``format``: one of
+    :data:`FORMATS`; :data:`FORMAT_COMPACT` when some tensor blob may be ``WLC1``)."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown manifest format {format!r}; one of {FORMATS}")
+    return canonical_json({"format": format, "tensors": dict(tensors), "meta": dict(meta)}).encode()
 
 
 def parse_manifest(raw: bytes | bytearray | memoryview, name: str = "manifest") -> Manifest:
@@ -91,7 +105,7 @@ def parse_manifest(raw: bytes | bytearray | memoryview, name: str = "manifest") 
         manifest = json.loads(bytes(raw).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise IntegrityError(f"manifest {name} is not JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
         raise _bad(name, "no 'format' of that name")
     tensors, meta = manifest.get("tensors"), manifest.get("meta", {})
     if not isinstance(tensors, dict) or not isinstance(meta, dict):
@@ -100,7 +114,7 @@ def parse_manifest(raw: bytes | bytearray | memoryview, name: str = "manifest") 
         if not tensor.startswith(_PREFIXES):
             raise _bad(name, f"tensor name {tensor[:80]!r} is outside {', '.join(_PREFIXES)}")
         check_hash(digest)
-    return Manifest(dict(tensors), dict(meta))
+    return Manifest(dict(tensors), dict(meta), str(manifest["format"]))
 
 
 def state_hash(hashes: Mapping[str, str]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -25,11 +26,42 @@ __all__ = ["SnapshotWriter", "parquet_bytes", "read_parquet_bytes", "register_sn
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
-    """Encode a DataFrame as Parquet (zstd), index kept as a column if named."""
+    """Encode a DataFrame as Parquet (zstd), index kept as a column if named.
+
+    Numeric columns with many distinct values skip Parquet's dictionary (it would overflow and fall
+    back to plain values anyway): floats are written byte-stream-split (their exponent bytes then
+    compress), integers delta-bit-packed (a column of ids in order costs almost nothing, ids in a
+    random order their bit width). Columns of few distinct values (ages, counts, classes, the split)
+    keep the dictionary. The values and types read back are the same; only the bytes are fewer
+    (after an epoch of 10^6 samples: ``sample_stats`` 7.6 → 5.4 B/row, ``sample_history`` 8.1 → 6.5; docs/dumps.md).
+    """
     table = pa.Table.from_pandas(frame, preserve_index=frame.index.name is not None)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", **_encodings(table))
     return buf.getvalue()
+
+
+_PROBE = 4096  # values looked at to tell a column of few distinct values (counting them all costs seconds)
+
+
+def _encodings(table: pa.Table) -> dict[str, Any]:
+    """``write_table`` options: which columns keep the dictionary, and the others' encodings.
+
+    A column has many distinct values when :data:`_PROBE` evenly spaced ones hold more than 1/16 distinct.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    encodings: dict[str, str] = {}
+    n = table.num_rows
+    probe = pa.array(np.linspace(0, n - 1, min(n, _PROBE)).astype(np.int64)) if n >= 1024 else None
+    for field, column in zip(table.schema, table.columns):
+        numeric = pa.types.is_floating(field.type) or pa.types.is_integer(field.type)
+        if numeric and probe is not None and pc.count_distinct(column.take(probe)).as_py() > len(probe) // 16:
+            encodings[field.name] = "BYTE_STREAM_SPLIT" if pa.types.is_floating(field.type) else "DELTA_BINARY_PACKED"
+    if not encodings:
+        return {}
+    return {"use_dictionary": [n for n in table.column_names if n not in encodings], "column_encoding": encodings}
 
 
 def read_parquet_bytes(data: bytes) -> pd.DataFrame:

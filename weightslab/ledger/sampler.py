@@ -63,6 +63,9 @@ class LedgerSampler(Sampler[int]):
         self._perm: np.ndarray | None = None  # the current epoch's order (read-only int64); None between epochs
         self._consumed = 0  # positions of _perm handed out or skipped
         self._epoch = 0  # epochs started
+        #: What the current order was drawn from (generator state, or None for ascending ids; dataset size),
+        #: so that a dump can store it instead of the order (see :meth:`order_source`); None when unknown.
+        self._order_source: tuple[np.ndarray | None, int] | None = None
 
     # ------------------------------------------------------------------ sampling
 
@@ -100,8 +103,44 @@ class LedgerSampler(Sampler[int]):
         if self._perm is perm:  # the epoch is over
             self._perm, self._consumed = None, 0
 
+    def next_batch(self, size: int) -> np.ndarray:
+        """The next ``size`` ids (fewer at the end of an epoch) as one int64 array, without Python per sample.
+
+        The ids, the batches' boundaries and the state after each batch (position, epoch, generator) are
+        those a DataLoader's ``BatchSampler(sampler, size, drop_last=False)`` draws from an iterator of this
+        sampler: samples denied since the epoch began are skipped, an epoch's last batch may be short, and a
+        new epoch starts (its order is drawn) when a batch finds the current one used up.
+
+        Raises:
+            ConfigurationError: ``size`` < 1.
+            StopIteration: a new epoch holds no allowed sample either (as the iterator would).
+        """
+        if size < 1:
+            raise ConfigurationError(f"a batch needs a size >= 1, got {size}")
+        denied = self._dataset.stats.deny_listed
+        for _ in range(2):  # the rest of this epoch; if it holds no allowed sample, a new epoch (a new iterator)
+            if self._perm is None or self._consumed >= len(self._perm):
+                self._start_epoch()
+            perm = self._perm
+            assert perm is not None
+            parts, need = [], size
+            while need and self._consumed < len(perm):
+                window = perm[self._consumed:self._consumed + need]
+                self._consumed += len(window)  # a denied sample's position counts as used, as when skipped
+                out = denied[window]
+                kept = window[~out] if np.count_nonzero(out) else window
+                parts.append(kept)
+                need -= len(kept)
+            if need:  # the epoch ran out before the batch was full: it is over
+                self._perm, self._consumed = None, 0
+            if need < size:
+                out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                return out if out.flags.writeable else out.copy()
+        raise StopIteration
+
     def _start_epoch(self) -> None:
         allowed = torch.from_numpy(self._dataset.allowed_ids())
+        self._order_source = (self._generator.get_state().numpy() if self._shuffle else None, len(self._dataset))
         if self._shuffle:
             allowed = allowed[torch.randperm(len(allowed), generator=self._generator)]
         self._perm = _frozen(allowed.numpy())
@@ -159,6 +198,14 @@ class LedgerSampler(Sampler[int]):
             "epoch": np.array(self._epoch, np.int64),
         }
 
+    def order_source(self) -> tuple[np.ndarray | None, int] | None:
+        """What the current epoch's order was drawn from: (the generator's state before the draw, or None
+        when the order is the allowed ids ascending; the dataset's size). The order is
+        ``allowed_ids[torch.randperm(len(allowed_ids), generator)]`` of those ids, so a dump stores the
+        state and the id set instead of the order (:func:`weightslab.history.tensorcodec.encode_compact`
+        checks that they regenerate it). None between epochs, or when the state was restored."""
+        return self._order_source if self._perm is not None else None
+
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Restore :meth:`state_arrays` exactly: the next iterator continues with the same order.
 
@@ -193,6 +240,7 @@ class LedgerSampler(Sampler[int]):
         self._shuffle = bool(np.asarray(arrays["shuffle"]))
         self._generator = generator
         self._perm = _frozen(perm.copy()) if in_epoch else None
+        self._order_source = None  # a dump finds it again from the order itself (history/tensorcodec.py)
         self._consumed = consumed
         self._epoch = int(np.asarray(arrays["epoch"]))
 
