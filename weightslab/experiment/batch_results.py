@@ -28,8 +28,9 @@ from weightslab.ledger import LedgeredDataset
 
 __all__ = ["BatchResults"]
 
-#: Samples held before a flush (a few MB at most: four numbers a sample).
-FLUSH_SAMPLES = 1 << 16
+#: Samples held before a flush (four numbers a sample); a training call hands their rows to the statistics
+#: writer at each flush, so this also bounds the rows that only start to be written when the call ends.
+FLUSH_SAMPLES = 1 << 14
 #: Batches held before a flush under torch.distributed (counted in batches: the same on every rank).
 GATHER_BATCHES = 64
 
@@ -43,10 +44,14 @@ class BatchResults:
         seen: number of samples added (applied or pending).
     """
 
-    def __init__(self, ds: LedgeredDataset, device: torch.device, max_samples: int = FLUSH_SAMPLES,
-                 gather: Callable[[list[Any]], list[Any]] | None = None) -> None:
+    def __init__(self, ds: LedgeredDataset, device: torch.device, max_samples: int | None = None,
+                 gather: Callable[[list[Any]], list[Any]] | None = None,
+                 on_flush: Callable[[], None] | None = None) -> None:
         self._ds = ds
-        self._max = max_samples
+        self._max = FLUSH_SAMPLES if max_samples is None else max_samples
+        #: called after each flush inside the loop (not the last, when the loop ends): the training call hands
+        #: the rows that changed to the statistics writer then, so that writing them overlaps the training
+        self._on_flush = on_flush
         #: under torch.distributed: turns this rank's shares of the kept batches into the global batches
         #: (experiment/distributed.py); flushes then come every GATHER_BATCHES batches, the same on every rank
         self._gather = gather
@@ -76,6 +81,8 @@ class BatchResults:
         self.seen += n
         if self._pending >= self._max if self._gather is None else len(self._batches) >= GATHER_BATCHES:
             self.flush()
+            if self._on_flush is not None:
+                self._on_flush()
 
     def flush(self) -> None:
         """Apply the pending batches to the ledger and to ``loss_sum`` / ``correct``."""

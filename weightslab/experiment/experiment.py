@@ -364,6 +364,7 @@ class Experiment:
                 raise
             try:
                 self._replayer.rebuild_latest(seq)
+                self._recorder.write_changed_rows()  # rows written during the undone call: back as they were
             except BaseException as failed:
                 self._recorder.broken = f"an operation failed ({error}) and rebuilding seq {seq} failed too ({failed})"
                 raise ReplayError(f"the operation failed ({error}), and the state of the last event (seq {seq}) "
@@ -386,7 +387,7 @@ class Experiment:
         with self._write_ahead():
             start = train_start_state(self._rt)
             age_before = self.model_age
-            loss, acc, seen = train_loop(self._rt, n)
+            loss, acc, seen = train_loop(self._rt, n, on_flush=self._recorder.write_changed_rows)
             self._recorder.append(StepsTrained(
                 steps=n, batch_size=self.config.batch_size, samples=seen, age_before=age_before,
                 age_after=self.model_age, loss=_finite_or_none(loss), accuracy=acc), blobs=start)

@@ -48,7 +48,7 @@ class Batches:
                                        pin_memory=pin, generator=self.generator, collate_fn=collate)
         self.eval_loader = DataLoader(eval[0], batch_size=eval_batch_size, sampler=eval[1], num_workers=num_workers,
                                       pin_memory=pin, generator=self.generator, collate_fn=collate)
-        self._train_sampler = train[1]
+        self._train_ledger, self._train_sampler = train
         self._eval_ledger = eval[0]
         self._train_iter: Iterator[Any] | None = None
         self._eval_iter: Iterator[Any] | None = None
@@ -98,16 +98,30 @@ class Batches:
 
     def next_train(self) -> Batch:
         """The next training batch; a new epoch starts (the sampler draws its order) when one ends."""
-        if self._train_iter is None:
-            self._train_iter = iter(self.train_loader)
-        try:
-            batch = next(self._train_iter)
-        except StopIteration:
-            self._train_iter = iter(self.train_loader)
-            batch = next(self._train_iter)
+        ledger = self._train_ledger
+        if not self.num_workers and ledger.reads_in_batches:
+            # In this process, from a TensorDataset: the same batches as the loader's, drawn as arrays
+            # (LedgerSampler.next_batch) and read with one index per tensor, with no Python per sample.
+            size = self.train_loader.batch_size
+            assert size is not None
+            inputs, labels, ids = ledger.read_ids(self._train_sampler.next_batch(size)).tensors
+            if self.train_loader.pin_memory:
+                inputs, labels, ids = inputs.pin_memory(), labels.pin_memory(), ids.pin_memory()
+            batch: Any = (inputs, labels, ids)
+        else:
+            batch = self._next_from_loader()
         self._last_train_id = int(batch[2][-1])
         self.last_global = len(batch[2])
         return self._to_device(self._mine(batch))
+
+    def _next_from_loader(self) -> Any:
+        if self._train_iter is None:
+            self._train_iter = iter(self.train_loader)
+        try:
+            return next(self._train_iter)
+        except StopIteration:
+            self._train_iter = iter(self.train_loader)
+            return next(self._train_iter)
 
     def next_eval(self) -> Batch:
         """The next eval batch (the eval set is walked in order, round and round)."""

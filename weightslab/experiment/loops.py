@@ -10,6 +10,7 @@ functions re-execute a recorded call during replay.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -59,9 +60,10 @@ def step_context(rt: Runtime) -> StepContext:
                        optimizer=rt.optimizer, model=rt.model)
 
 
-def train_loop(rt: Runtime, n: int, step: Any = None) -> LoopResult:
+def train_loop(rt: Runtime, n: int, step: Any = None, on_flush: Callable[[], None] | None = None) -> LoopResult:
     """Train ``n`` batches with ``step`` (default: the experiment's), continuing the epoch; returns
-    (mean loss, accuracy, samples)."""
+    (mean loss, accuracy, samples). ``on_flush`` is called each time the results of some batches were applied
+    to the ledger inside the loop (see :class:`~weightslab.experiment.batch_results.BatchResults`)."""
     model, optimizer = rt.model, rt.optimizer
     step = step or rt.step
     ctx = step_context(rt)
@@ -75,7 +77,8 @@ def train_loop(rt: Runtime, n: int, step: Any = None) -> LoopResult:
     optimizer.zero_grad(set_to_none=True)
     try:
         gather = group.gather_batches if group is not None else None
-        with model.batched_trigger_counts(), BatchResults(rt.train.ledger, rt.device, gather=gather) as results, \
+        with model.batched_trigger_counts(), \
+                BatchResults(rt.train.ledger, rt.device, gather=gather, on_flush=on_flush) as results, \
                 no_scheduler_warnings():
             for i in _progress(rt, range(n), f"train {rt.name}"):
                 epoch = rt.batches.train_epoch

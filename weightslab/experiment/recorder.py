@@ -9,6 +9,11 @@ checkpoint row, snapshots), so an event never exists without its blobs.
 The ``sample_stats`` rows that changed since the previous event (up to one row
 per training sample: the costly part) are copied at the event boundary and
 upserted by one background writer thread, in order, while training goes on.
+A long training call also hands over the rows of the batches it has applied so
+far (every ``FLUSH_SAMPLES`` samples, :meth:`Recorder.write_changed_rows`), so
+that the writer works while the call trains instead of after it; if the call
+then fails, the rows of the rebuilt state are written back at once, and a crash
+before its event leaves rows that reopening rewrites (it writes every row).
 Anything that reads the store through the experiment (``exp.sql``, dumps,
 snapshots, close) first waits for the writer, so it sees the statistics as of
 the last event; a crash loses at most the statistics not yet written.
@@ -153,6 +158,13 @@ class Recorder:
         if self._writer is not None:
             self._writer.shutdown(wait=True)
             self._writer = None
+
+    def write_changed_rows(self) -> None:
+        """Queue the ``sample_stats`` rows changed since the last event (or the last call) for the writer now,
+        without an event: a long training call streams its rows while it trains, and a failed one writes
+        back the rows of the state it rebuilt (a replica never writes)."""
+        if not self.detached and self.group is None:
+            self._submit(self._statistics.sample_jobs())
 
     def _submit(self, jobs: list[SampleJob]) -> None:
         if not jobs:

@@ -144,7 +144,7 @@ def default_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Op
         output = model(inputs)
         losses = ctx.criterion(output, labels)
     loss = losses.float().mean() if ctx.loss_weight is None else losses.float().sum() * ctx.loss_weight
-    ctx.backward(loss / ctx.accumulate)
+    ctx.backward(loss / ctx.accumulate if ctx.accumulate != 1 else loss)  # x / 1 is x: one autograd node less
     if ctx.steps_optimizer:
         ctx.optimizer_step()
     return losses, output

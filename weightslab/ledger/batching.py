@@ -67,9 +67,10 @@ def reads_in_batches(dataset: Any) -> bool:
     )
 
 
-def read_tensor_batch(dataset: TensorDataset, ids: list[int]) -> CollatedBatch:
-    """Rows ``ids`` (non-negative) of a dataset for which :func:`reads_in_batches` holds."""
-    index = torch.tensor(ids, dtype=torch.int64)
+def read_tensor_batch(dataset: TensorDataset, ids: list[int] | torch.Tensor) -> CollatedBatch:
+    """Rows ``ids`` (non-negative: a list, or an int64 tensor that becomes the batch's ids) of a dataset for
+    which :func:`reads_in_batches` holds."""
+    index = ids if isinstance(ids, torch.Tensor) else torch.tensor(ids, dtype=torch.int64)
     inputs, labels = dataset.tensors
     return CollatedBatch(inputs[index], labels[index], index)
 

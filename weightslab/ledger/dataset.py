@@ -28,7 +28,7 @@ from weightslab.errors import ConfigurationError, LedgerError
 from weightslab.events.domain import EventKind
 from weightslab.events.observers import Observer, Observers
 from weightslab.events.record import OperationRecord
-from weightslab.ledger.batching import read_tensor_batch, reads_in_batches
+from weightslab.ledger.batching import CollatedBatch, read_tensor_batch, reads_in_batches
 from weightslab.ledger.fingerprint import dataset_fingerprint
 from weightslab.ledger.labels import dataset_labels
 from weightslab.ledger.selection import (
@@ -131,6 +131,20 @@ class LedgeredDataset(Dataset):
             for i, item in zip(positions, items):  # find the item at fault and say what is wrong with it
                 self._pair(i, item)
             raise
+
+    @property
+    def reads_in_batches(self) -> bool:
+        """Whether the wrapped dataset is a plain ``TensorDataset`` read a batch at a time (:meth:`read_ids`)."""
+        return self._batched
+
+    def read_ids(self, ids: np.ndarray) -> CollatedBatch:
+        """The batch of the int64 ids ``ids`` (in ``0 .. len-1``, as a sampler hands them out) of a dataset that
+        :attr:`reads_in_batches`: ``[inputs, labels, ids]`` by one index per tensor, the rows ``__getitems__``
+        returns for the same ids."""
+        if not self._batched:
+            raise LedgerError(f"{type(self._wrapped).__name__} is read item by item; use __getitems__")
+        index = np.asarray(ids, np.int64)
+        return read_tensor_batch(self._wrapped, torch.from_numpy(index if index.flags.writeable else index.copy()))
 
     def _pair(self, i: int, item: Any) -> tuple[Any, Any]:
         try:
