@@ -352,3 +352,19 @@ def test_a_full_sqlite_database_is_reported_as_a_full_disk(tmp_path):
         assert s.list_experiments() == []
     message = _one_clear_line(info.value)
     assert "the disk is full (database or disk is full)" in message and "free space" in message
+
+
+def test_a_store_dropped_without_close_closes_its_connections(store_target):
+    """A user who forgets ``close()`` gets no ResourceWarning (PostgreSQL) when the store is collected:
+    both engines (the writer's and the read-only one of ``query``) are disposed."""
+    import gc
+    import warnings
+
+    store = Store.open(store_target)
+    store.list_experiments()
+    assert len(store.query("SELECT 1 AS one")) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del store
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []

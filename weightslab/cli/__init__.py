@@ -19,7 +19,9 @@ One module per subcommand holds its parser (``register``) and its function
 ==============================  ===============================================
 
 ``options`` holds what they share (``--store``, ``--format``, help with
-examples), ``output`` how they print. Output is for people by default;
+examples), ``output`` how they print. A command line imports only the module
+of the command it names (``weightslab --help`` imports them all), so that
+``weightslab experiments`` pays for nothing the other commands need. Output is for people by default;
 ``--format json`` or ``csv`` (``--json``, ``--csv`` for short) for programs.
 The commands that only read open the store with
 ``Store.open(store, create=False, read_only=True)``: they never create a store
@@ -31,35 +33,23 @@ it needs when it runs. Exit codes: 0 success, 1 a check failed (``audit``,
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
-from weightslab.cli import (
-    audit,
-    db,
-    diff,
-    events,
-    experiments,
-    export,
-    lineage,
-    replay,
-    request,
-    requests,
-    sql,
-    ui,
-)
 from weightslab.cli.options import EPILOG
 from weightslab.errors import WeightsLabError
 
 __all__ = ["build_parser", "main"]
 
-# The subcommands, in the order --help lists them.
-_COMMANDS = (experiments, events, audit, lineage, diff, replay, request, requests, sql, export, db, ui)
+# The subcommands (each the module weightslab.cli.NAME), in the order --help lists them.
+_COMMANDS = ("experiments", "events", "audit", "lineage", "diff", "replay", "request", "requests", "sql", "export",
+             "db", "ui")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of the ``weightslab`` command and every subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of the ``weightslab`` command and every subcommand (``only``: just that one)."""
     parser = argparse.ArgumentParser(
         prog="weightslab", description="WeightsLab: inspect, audit and replay recorded experiments.",
         epilog="example: weightslab experiments --store ./store\n\n" + EPILOG
@@ -67,9 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in _COMMANDS:
-        module.register(sub)
+    for name in _COMMANDS if only is None else (only,):
+        importlib.import_module(f"weightslab.cli.{name}").register(sub)
     return parser
+
+
+def _command_named(argv: Sequence[str]) -> str | None:
+    """The subcommand a command line names, when its first word is one (else the full parser is built)."""
+    first = argv[0] if argv else None
+    return first if first in _COMMANDS else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,8 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["experiments", "--store", "./store", "--json"])
         0
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_named(words))
+    args = parser.parse_args(words)
     try:
         return int(args.func(args))
     except WeightsLabError as e:

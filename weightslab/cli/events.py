@@ -1,4 +1,4 @@
-"""``weightslab events``: :func:`weightslab.history.audit.events_frame`."""
+"""``weightslab events``: :func:`weightslab.history.audit.events_frame` (its rows: no pandas)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from weightslab.cli.output import print_frame
-    from weightslab.history.audit import events_frame
+    from weightslab.history.audit import events_rows
     from weightslab.history.store import Store
 
     with Store.open(args.store, create=False, read_only=True) as store:
-        frame = events_frame(store, args.name, args.from_seq, args.to_seq)
+        frame = events_rows(store, args.name, args.from_seq, args.to_seq)
     if args.format == "table":
-        frame = frame[list(_TABLE_COLUMNS)].rename(columns=_TABLE_COLUMNS)
+        frame = frame.select(_TABLE_COLUMNS)
     print_frame(frame, args.format)
     return 0

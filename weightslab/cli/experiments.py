@@ -1,4 +1,4 @@
-"""``weightslab experiments``: :func:`weightslab.history.audit.experiments_frame`."""
+"""``weightslab experiments``: :func:`weightslab.history.audit.experiments_frame` (as rows: :func:`weightslab.history.listings.experiments_rows`)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from weightslab.cli.output import print_frame
-    from weightslab.history.audit import experiments_frame
+    from weightslab.history.listings import experiments_rows
     from weightslab.history.store import Store
 
     with Store.open(args.store, create=False, read_only=True) as store:
-        frame = experiments_frame(store)
-    if args.format == "table" and frame.empty:
+        frame = experiments_rows(store)
+    if args.format == "table" and not frame.rows:
         print(f"no experiments in {args.store or 'the store'}")
         return 0
     print_frame(frame, args.format)

@@ -1,13 +1,20 @@
-"""How the commands print: tables for people (with tabulate), JSON and CSV for programs."""
+"""How the commands print: tables for people (with tabulate), JSON and CSV for programs.
+
+Results come as :class:`~weightslab.history.rows.Rows` (the read-only commands: no pandas is imported)
+or as DataFrames.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from weightslab.history.rows import Rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -22,9 +29,11 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False, default=_jsonable))
 
 
-def print_frame(frame: pd.DataFrame, fmt: str) -> None:
+def print_frame(frame: Rows | pd.DataFrame, fmt: str) -> None:
     """Print ``frame`` as a table (``fmt="table"``), JSON records or CSV."""
-    if fmt == "json":
+    if isinstance(frame, Rows):
+        _print_rows(frame, fmt)
+    elif fmt == "json":
         print_json(_records(frame))
     elif fmt == "csv":
         from weightslab.history.export import json_cells
@@ -34,16 +43,43 @@ def print_frame(frame: pd.DataFrame, fmt: str) -> None:
         print(render_table(frame))
 
 
-def render_table(frame: pd.DataFrame) -> str:
+def _print_rows(rows: Rows, fmt: str) -> None:
+    if fmt == "json":
+        print_json([{str(k): (None if _is_missing(v) else v) for k, v in zip(rows.columns, row, strict=True)}
+                    for row in rows])
+    elif fmt == "csv":
+        from weightslab.events.codec import canonical_json
+
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(rows.columns)
+        out.writerows([canonical_json(v) if isinstance(v, dict | list) else "" if _is_missing(v) else v
+                       for v in row] for row in rows)
+    else:
+        print(render_table(rows))
+
+
+def render_table(frame: Rows | pd.DataFrame) -> str:
     """A plain-text table for people: numbers right-aligned, long cells cut, missing values blank."""
+    if isinstance(frame, Rows):
+        columns, rows = frame.columns, frame.rows
+        numeric = [_numbers(frame.column(c)) for c in columns]
+    else:
+        columns = list(frame.columns)
+        rows = list(frame.itertuples(index=False, name=None))
+        numeric = [frame[c].dtype.kind in "iuf" for c in columns]
+    if not rows:
+        return "(no rows)" if len(columns) else "(no columns)"
     from tabulate import tabulate
 
-    if frame.empty:
-        return "(no rows)" if len(frame.columns) else "(no columns)"
-    numeric = [frame[c].dtype.kind in "iuf" for c in frame.columns]
-    cells = [[_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]
-    return tabulate(cells, headers=[str(c) for c in frame.columns], tablefmt="simple", disable_numparse=True,
+    cells = [[_cell(v) for v in row] for row in rows]
+    return tabulate(cells, headers=[str(c) for c in columns], tablefmt="simple", disable_numparse=True,
                     colalign=["right" if n else "left" for n in numeric])
+
+
+def _numbers(values: list[Any]) -> bool:
+    """Whether a column holds numbers (and missing values) only: it is right-aligned."""
+    present = [v for v in values if not _is_missing(v)]
+    return bool(present) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present)
 
 
 def _cell(value: Any) -> str:

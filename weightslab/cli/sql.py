@@ -1,4 +1,4 @@
-"""``weightslab sql``: :meth:`weightslab.history.store.Store.query`."""
+"""``weightslab sql``: :meth:`weightslab.history.store.Store.query` (its rows: no pandas unless writing a file)."""
 
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
             warning = superuser_warning(conn)
         if warning:
             print(f"weightslab: warning: {warning}", file=sys.stderr)
-        frame = store.query(args.query, params)
+        frame = store.query_rows(args.query, params)
     if args.output:
         from weightslab.history.export import write_table
 
-        path = write_table(frame, args.output)
+        path = write_table(frame.to_frame(), args.output)
         print(f"wrote {len(frame)} row(s) to {path}")
         return 0
     print_frame(frame, args.format)

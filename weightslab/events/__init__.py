@@ -1,8 +1,13 @@
-"""Events: typed domain events, their canonical encoding, and the operation records (no torch, no SQL)."""
+"""Events: typed domain events, their canonical encoding, and the operation records (no torch, no SQL).
 
-from weightslab.events.codec import canonical_json, chain_hash, decode_payload
-from weightslab.events.domain import EVENT_CLASSES, DomainEvent, EventKind, RecordedEvent, decode, event_class
-from weightslab.events.record import OperationRecord
+The names are loaded on first use, so that a module needing only the encoding (``events.codec``) does
+not build every event class.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "EVENT_CLASSES",
@@ -16,3 +21,29 @@ __all__ = [
     "decode_payload",
     "event_class",
 ]
+
+_EXPORTS = {"canonical_json": "codec", "chain_hash": "codec", "decode_payload": "codec",
+            "EVENT_CLASSES": "domain", "DomainEvent": "domain", "EventKind": "domain", "RecordedEvent": "domain",
+            "decode": "domain", "event_class": "domain", "OperationRecord": "record"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'weightslab.events' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"weightslab.events.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from weightslab.events.codec import canonical_json, chain_hash, decode_payload
+    from weightslab.events.domain import (
+        EVENT_CLASSES,
+        DomainEvent,
+        EventKind,
+        RecordedEvent,
+        decode,
+        event_class,
+    )
+    from weightslab.events.record import OperationRecord

@@ -13,7 +13,8 @@
 
 ``experiments_frame`` and ``events_frame`` are the listings behind
 ``weightslab experiments`` and ``weightslab events``: who did what, when,
-with which code. Nothing here imports torch or writes to the store.
+with which code (``experiments_rows`` and ``events_rows`` the same without
+pandas, for the command line). Nothing here imports torch or writes to the store.
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import Text, cast, select
 
 from weightslab.errors import ConfigurationError, EventPayloadError, IntegrityError, StoreError
 from weightslab.events.domain import (
@@ -38,11 +37,15 @@ from weightslab.events.domain import (
 )
 from weightslab.history.blobs import check_hash
 from weightslab.history.eventlog import ChainReport
-from weightslab.history.fasthash import encoded_tensor_digest
+from weightslab.history.listings import experiments_rows
 from weightslab.history.log import Log, LogEntry, walk
 from weightslab.history.manifest import FORMAT, Manifest, parse_manifest, uses_fast_digests
-from weightslab.history.schema import Checkpoint, Event, Experiment, Snapshot
+from weightslab.history.rows import Rows
+from weightslab.history.schema import Checkpoint, Event, Snapshot
 from weightslab.history.store import Store
+
+if TYPE_CHECKING:  # the frames import pandas when asked for; the rows never do
+    import pandas as pd
 
 __all__ = [
     "AuditReport",
@@ -50,8 +53,11 @@ __all__ = [
     "audit_experiment",
     "audit_store",
     "events_frame",
+    "events_rows",
     "experiments_frame",
+    "experiments_rows",
     "log_frame",
+    "log_rows",
 ]
 
 EVENT_COLUMNS = ["seq", "created_at", "kind", "summary", "actor", "code_version",
@@ -66,26 +72,8 @@ def experiments_frame(store: Store) -> pd.DataFrame:
     Example:
         >>> experiments_frame(Store.open("./store"))[["name", "events", "checkpoints"]]
     """
-    ev = Event.__table__
-    ck = Checkpoint.__table__
-    ex = Experiment.__table__
-    n_events = select(func.count()).where(ev.c.experiment_id == ex.c.experiment_id).scalar_subquery()
-    last = select(func.max(ev.c.created_at)).where(ev.c.experiment_id == ex.c.experiment_id).scalar_subquery()
-    n_ckpt = select(func.count()).where(ck.c.experiment_id == ex.c.experiment_id).scalar_subquery()
-    q = select(ex.c.experiment_id, ex.c.name, ex.c.created_at, n_events.label("events"),
-               n_ckpt.label("checkpoints"), last.label("last_event_at")).order_by(ex.c.experiment_id)
-    with store.reading() as conn:
-        rows = conn.execute(q).all()
-    frame = pd.DataFrame([(*r[:2], _utc(r[2]), *r[3:5], _utc(r[5])) for r in rows],
-                         columns=["experiment_id", "name", "created_at", "events", "checkpoints", "last_event_at"])
+    frame = experiments_rows(store).to_frame()
     return frame.astype({"experiment_id": "int64", "events": "int64", "checkpoints": "int64"})
-
-
-def _utc(ts: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes (stored in UTC); make every time zone-aware UTC."""
-    if ts is None:
-        return None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def events_frame(store: Store, name: str, from_seq: int | None = None, to_seq: int | None = None) -> pd.DataFrame:
@@ -100,20 +88,29 @@ def events_frame(store: Store, name: str, from_seq: int | None = None, to_seq: i
     Example:
         >>> events_frame(store, "x0", from_seq=3)[["seq", "kind", "summary"]]
     """
+    return events_rows(store, name, from_seq, to_seq).to_frame()
+
+
+def events_rows(store: Store, name: str, from_seq: int | None = None, to_seq: int | None = None) -> Rows:
+    """:func:`events_frame` as plain rows, without pandas (the same errors)."""
     log = walk(store, name, strict=False)
     _check_seq_range(name, log.last_seq, from_seq, to_seq)
     lo, hi = from_seq or 1, to_seq or log.last_seq
-    return log_frame([e for e in log if lo <= e.seq <= hi])
+    return log_rows([e for e in log if lo <= e.seq <= hi])
 
 
 def log_frame(entries: Sequence[LogEntry] | Log) -> pd.DataFrame:
     """Walked events as a DataFrame: seq, time, kind, one-line summary, who, code version, hashes and the
     payload (a dict per row), as ``exp.events()`` and ``weightslab events`` show them."""
-    return pd.DataFrame([{
-        "seq": e.seq, "created_at": e.record.created_at, "kind": e.kind, "summary": e.event.summary(),
-        "actor": e.record.actor, "code_version": e.record.code_version, "state_hash": e.record.state_hash,
-        "prev_hash": e.record.prev_hash, "hash": e.record.hash, "payload": e.event.to_payload(),
-    } for e in entries], columns=EVENT_COLUMNS)
+    return log_rows(entries).to_frame()
+
+
+def log_rows(entries: Sequence[LogEntry] | Log) -> Rows:
+    """:func:`log_frame` as plain rows, without pandas."""
+    return Rows(list(EVENT_COLUMNS), [
+        (e.seq, e.record.created_at, e.kind, e.event.summary(), e.record.actor, e.record.code_version,
+         e.record.state_hash, e.record.prev_hash, e.record.hash, e.event.to_payload())
+        for e in entries])
 
 
 def _check_seq_range(name: str, last: int, from_seq: int | None, to_seq: int | None) -> None:
@@ -317,7 +314,9 @@ class _BlobChecker:
         if isinstance(digest, str) and digest in self.seen and (digest in self.fast or self.seen[digest] is not None):
             return self.seen[digest]  # known: damaged, or intact with its digest kept
         problem, data = self.read(digest)
-        if data is not None:
+        if data is not None:  # numpy is imported only where tensors are read
+            from weightslab.history.fasthash import encoded_tensor_digest
+
             try:
                 self.fast[digest] = encoded_tensor_digest(data)
             except IntegrityError as e:

@@ -9,17 +9,19 @@ the damage.
 
 from __future__ import annotations
 
+import functools
+import re
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
 from weightslab.errors import SchemaVersionError, StoreError, StoreUnavailableError
 from weightslab.history.locate import MISSING_STORE_HINT
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = ["alembic_config", "check_integrity", "current_revision", "ensure_schema", "head_revision", "upgrade"]
 
@@ -34,6 +36,8 @@ def migrations_dir() -> Path:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic Config pointing at the packaged migrations (and a live connection)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
@@ -41,16 +45,57 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+# Alembic is imported only to migrate (and by `weightslab db`): opening a store that is up to date reads the
+# revisions from the scripts' text and the stamp from the database, which costs milliseconds instead of the
+# ~0.2 s of importing Alembic and compiling every script.
+_REVISION = re.compile(r"^revision\s*(?::[^=\n]*)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision\s*(?::[^=\n]*)?=\s*(?:None|['\"]([^'\"]+)['\"])", re.MULTILINE)
+
+
+@functools.cache
 def head_revision() -> str:
-    """The newest revision this code knows."""
+    """The newest revision this code knows: the one no other revision names as its ``down_revision``.
+
+    Read from the scripts' text; a layout this reading does not recognise (a merge, several heads) is
+    left to Alembic. ``tests/history/test_schema.py`` checks that both agree.
+    """
+    revisions, parents = set(), set()
+    for script in (migrations_dir() / "versions").glob("*.py"):
+        source = script.read_text(encoding="utf-8")
+        revision, down = _REVISION.search(source), _DOWN_REVISION.search(source)
+        if revision is None or down is None:
+            continue  # __init__.py
+        revisions.add(revision.group(1))
+        if down.group(1):
+            parents.add(down.group(1))
+    heads = revisions - parents
+    if len(heads) == 1 and parents <= revisions:
+        return heads.pop()
+    return _alembic_head()
+
+
+def _alembic_head() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "the packaged migrations have no head revision"
     return head
 
 
 def current_revision(connection: Connection) -> str | None:
-    """The revision stamped in the database, or None for a database never migrated."""
-    return MigrationContext.configure(connection).get_current_revision()
+    """The revision stamped in the database (Alembic's ``alembic_version`` table, read directly), or None
+    for a database never migrated.
+
+    Raises:
+        SchemaVersionError: the table holds several revisions (branches WeightsLab never creates).
+    """
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    stamped = list(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    if len(stamped) > 1:
+        raise SchemaVersionError(f"the database is stamped with several schema revisions ({', '.join(stamped)}); "
+                                 "WeightsLab's migrations are linear: this store was migrated by another tool")
+    return stamped[0] if stamped else None
 
 
 def check_integrity(engine: Engine, store_description: str) -> None:
@@ -82,6 +127,8 @@ def upgrade(engine: Engine, store_description: str | None = None) -> tuple[str |
         StoreError: a SQLite file that fails ``quick_check`` (nothing is migrated).
     """
     check_integrity(engine, store_description or engine.url.render_as_string(hide_password=True))
+    from alembic import command
+
     with engine.begin() as conn:
         _lock(conn)
         before = current_revision(conn)
@@ -123,10 +170,14 @@ def ensure_schema(engine: Engine, store_description: str, *, create: bool = True
                         "but no schema version; it was not created by WeightsLab's migrations. "
                         "Use an empty database or a new store directory."
                     )
+                from alembic import command
+
                 command.upgrade(alembic_config(conn), "head")
                 return
     if current == head:
         return
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config())
     known = {rev.revision for rev in script.walk_revisions()}
     if current in known:

@@ -8,13 +8,13 @@ driver errors (SQLAlchemy, OS) become WeightsLab errors.
 from __future__ import annotations
 
 import errno
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
@@ -28,7 +28,7 @@ from weightslab.errors import (
     UnknownExperimentError,
     WeightsLabError,
 )
-from weightslab.history import checkpoints, eventlog, migrate, requests, snapshots, stats
+from weightslab.history import checkpoints, eventlog, migrate, requests
 from weightslab.history.blobs import BlobStore, check_hash
 from weightslab.history.locate import (
     READS_OPTION,
@@ -38,8 +38,12 @@ from weightslab.history.locate import (
     resolve_store,
 )
 from weightslab.history.manifest import Manifest, parse_manifest
+from weightslab.history.rows import Rows
 from weightslab.history.schema import Event, Experiment, Snapshot
 from weightslab.history.sqlfence import query_error, run_query, single_read_statement
+
+if TYPE_CHECKING:  # the read-only tools open stores without pandas, pyarrow or numpy: imported where used
+    import pandas as pd
 
 __all__ = ["ExperimentRow", "Store"]
 
@@ -163,6 +167,11 @@ def _cause(e: BaseException, orig: BaseException) -> str:
     return "other"
 
 
+def _dispose_engines(engines: list[Engine]) -> None:
+    for engine in engines:
+        engine.dispose()
+
+
 class Store:
     """An open WeightsLab store (see module docstring)."""
 
@@ -172,6 +181,10 @@ class Store:
         self.read_only = read_only  # opened with read_only=True: transaction() refuses, the engine cannot write
         self.blobs = BlobStore(engine, location.root)
         self._read_engine: Engine | None = None
+        # A store dropped without close() still closes its connections (when it is collected), rather
+        # than leaving them to the driver's finaliser, which warns about every one still open.
+        self._engines: list[Engine] = [engine]
+        weakref.finalize(self, _dispose_engines, self._engines)
 
     # -- opening ---------------------------------------------------------------
     @classmethod
@@ -420,6 +433,8 @@ class Store:
     def write_snapshot(self, experiment_id: int, table_name: str, event_seq: int, frame: pd.DataFrame,
                        conn: Connection | None = None) -> int:
         """Store a DataFrame as a Parquet snapshot blob; returns its snapshot id."""
+        from weightslab.history import snapshots
+
         if conn is not None:
             return snapshots.register_snapshot(conn, self.blobs, experiment_id, table_name, event_seq, frame)
         with self.transaction() as c:
@@ -427,6 +442,8 @@ class Store:
 
     def read_snapshot(self, snapshot_id: int) -> pd.DataFrame:
         """Read a registered snapshot back (verified against its hash)."""
+        from weightslab.history import snapshots
+
         with self.reading() as conn:
             digest = conn.scalar(select(Snapshot.blob_hash).where(Snapshot.snapshot_id == snapshot_id))
             if digest is None:
@@ -470,6 +487,8 @@ class Store:
             with self.transaction() as own:
                 self.write_sample_rows(experiment_id, jobs, own)
             return
+        from weightslab.history import stats
+
         for split, columns in jobs:
             stats.upsert_sample_stats(conn, experiment_id, split, columns)
 
@@ -477,6 +496,8 @@ class Store:
                           rewrite: Sequence[tuple[int, str]] = ()) -> None:
         """Upsert ``neuron_stats`` rows in ``conn``'s transaction; the (layer, split) pairs in ``rewrite``
         lose their old rows first (a layer whose width changed)."""
+        from weightslab.history import stats
+
         stats.replace_neuron_stats(conn, experiment_id, rows, rewrite)
 
     def adopt_experiment(self, experiment_id: int, *, config: Mapping[str, Any], recipe: str | None,
@@ -491,7 +512,15 @@ class Store:
 
     # -- read-only SQL -------------------------------------------------------------
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
-        """Run one read-only SQL statement and return a DataFrame.
+        """Run one read-only SQL statement and return a DataFrame (:meth:`query_rows`, as a DataFrame).
+
+        Example:
+            >>> store.query("SELECT kind, COUNT(*) AS n FROM events GROUP BY kind")
+        """
+        return self.query_rows(sql, params).to_frame()
+
+    def query_rows(self, sql: str, params: Mapping[str, Any] | None = None) -> Rows:
+        """Run one read-only SQL statement and return its column names and rows (no pandas).
 
         The database itself keeps the store unchanged (see :mod:`weightslab.history.sqlfence`):
         the query runs on a connection that cannot write (SQLite opened read-only
@@ -507,7 +536,8 @@ class Store:
             StoreError: the store itself failed (unreachable, damaged, I/O error).
 
         Example:
-            >>> store.query("SELECT kind, COUNT(*) AS n FROM events GROUP BY kind")
+            >>> store.query_rows("SELECT kind, COUNT(*) AS n FROM events GROUP BY kind").rows
+            [('create', 1), ('train', 4)]
         """
         statement = single_read_statement(sql)
         engine = self._reader()
@@ -528,7 +558,7 @@ class Store:
                 raise ConfigurationError(f"the query cannot run: {reason}") from e
             finally:
                 conn.rollback()
-        return pd.DataFrame([tuple(r) for r in rows], columns=columns)
+        return Rows(list(columns), [tuple(r) for r in rows])
 
     def _reader(self) -> Engine:
         """The engine of :meth:`query`: one that cannot write (the store's own, if it was opened read-only)."""
@@ -536,4 +566,5 @@ class Store:
             return self.engine
         if self._read_engine is None:
             self._read_engine = make_engine(self.location, read_only=True)
+            self._engines.append(self._read_engine)
         return self._read_engine
