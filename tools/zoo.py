@@ -6,8 +6,9 @@ Conv2d/Linear layers spread over the depth (those the forward pass runs, the cla
 excluded: its neurons are the model's outputs), and on each of them, one after the other
 on the same model: prunes 1 neuron, prunes 25 % of the rest (every 4th), adds 2 (and, when
 that is refused because the groups of a grouped convolution must gain equally, adds one per
-group). A layer is *editable* when a prune (1 or 25 %) and an add (2 or one per group)
-succeed. After every edit that is not refused it checks
+group; for an attention projection whose prunes are refused because they cut heads in parts,
+prunes head 0 whole, and adds one head when "add 2" is refused for that). A layer is *editable*
+when a prune (1, 25 % or a head) and an add (2, or one per group or head) succeed. After every edit that is not refused it checks
 
 - the forward pass still gives the output shape;
 - add: the output is unchanged (relative error ``max|y' - y| / max|y|`` at most 1e-5), except
@@ -73,6 +74,8 @@ FAMILIES = (  # (prefix, family), first match wins
 OPERATIONS = ("prune 1", "prune 25%", "add 2")
 #: When "add 2" is refused because the layer's groups must gain equally, the smallest count they can gain.
 GROUP_ADD = "add per group"
+#: When both prunes are refused because they would cut attention heads in parts, one whole head (head 0).
+HEAD_PRUNE = "prune head"
 PRESERVE_TOLERANCE = 1e-5
 BATCH = 2
 
@@ -216,7 +219,10 @@ def _layer_of(net: Any, name: str) -> tuple[int | None, Any]:
     return None, module
 
 
-def _edit(op: str, net: Any, index: int, width: int) -> tuple[list[int] | None, int]:
+def _edit(op: str, net: Any, index: int, width: int, rows: list[int] | None = None) -> tuple[list[int] | None, int]:
+    if op == HEAD_PRUNE and rows is not None:
+        net.prune(layer_index=index, neuron_indices=rows)
+        return rows, -len(rows)
     if op == "prune 1":
         indices = [width // 2]
         net.prune(layer_index=index, neuron_indices=indices)
@@ -236,9 +242,24 @@ def _group_count(refusal: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _head_rows(refusal: str) -> list[int] | None:
+    """The rows of head 0 a refusal of a partial attention head names (``head 0: rows 0-7, 32-39, 64-71``)."""
+    match = re.search(r"head 0: rows (\d+)-(\d+), (\d+)-(\d+), (\d+)-(\d+)\)", refusal)
+    if not match:
+        return None
+    bounds = [int(v) for v in match.groups()]
+    return [r for lo, hi in zip(bounds[::2], bounds[1::2]) for r in range(lo, hi + 1)]
+
+
 def _operations(report: ModelReport, layer: str) -> Iterable[str]:
-    """The three edits, and an add of one channel per group when "add 2" is refused for groups."""
-    yield from OPERATIONS
+    """The three edits; one whole attention head when both prunes are refused for cutting heads; an add of one
+    channel per group (or one head) when "add 2" is refused for that."""
+    for op in OPERATIONS:
+        yield op
+        last = report.outcomes[-1]
+        if op == "prune 25%" and last.layer == layer and not any(
+                o.status == "ok" for o in report.outcomes[-2:] if o.layer == layer) and _head_rows(last.detail):
+            yield HEAD_PRUNE
     last = report.outcomes[-1]
     count = _group_count(last.detail) if last.layer == layer and last.status == "refused" else None
     if count is not None:
@@ -286,9 +307,10 @@ def run_model(
             params = _param_count(net)
             width = module.neuron_count
             outcome.normalised = op.startswith("add") and _normalised(net, index)
+            rows = _head_rows(report.outcomes[-2].detail) if op == HEAD_PRUNE else None
             t0 = time.perf_counter()
             try:
-                indices, change = _edit(op, net, index, width)
+                indices, change = _edit(op, net, index, width, rows)
             except SurgeryError as error:
                 outcome.ms = 1000 * (time.perf_counter() - t0)
                 outcome.status, outcome.detail = "refused", str(error)
@@ -377,6 +399,7 @@ def _row(family: str, group: list[ModelReport]) -> dict[str, Any]:
         "prune 1": ok["prune 1"],
         "prune 25%": ok["prune 25%"],
         "add 2": ok["add 2"],
+        "prune head": sum(1 for ops in layers.values() if ops.get(HEAD_PRUNE) == "ok"),
         "add per group": sum(1 for ops in layers.values() if ops.get("add per group") == "ok"),
         "editable": sum(1 for ops in layers.values() if _editable(ops)),
         "refused": sum(1 for o in outcomes if o.status == "refused"),
@@ -390,8 +413,8 @@ def _row(family: str, group: list[ModelReport]) -> dict[str, Any]:
 
 
 def _editable(ops: dict[str, str]) -> bool:
-    """Pruned (1 or 25 %) and grown (2, or one per group where groups must stay equal)."""
-    pruned = "ok" in (ops.get("prune 1"), ops.get("prune 25%"))
+    """Pruned (1, 25 % or a whole head) and grown (2, or one per group or head where those must stay equal)."""
+    pruned = "ok" in (ops.get("prune 1"), ops.get("prune 25%"), ops.get(HEAD_PRUNE))
     grown = "ok" in (ops.get("add 2"), ops.get("add per group"))
     return pruned and grown
 

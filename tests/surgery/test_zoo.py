@@ -54,8 +54,8 @@ CI = {
 # Families whose every sampled layer must be editable by prune 1, prune 25 % and add 2.
 FULLY_EDITABLE = {
     "alexnet", "convnext", "densenet", "efficientnet", "efficientnet_v2", "googlenet", "inception", "mnasnet",
-    "mobilenet_v2", "mobilenet_v3", "regnet_x", "regnet_y", "resnet", "resnext", "shufflenet", "squeezenet", "vgg",
-    "vit", "wide_resnet",
+    "mobilenet_v2", "mobilenet_v3", "regnet_x", "regnet_y", "resnet", "resnext", "shufflenet", "squeezenet", "swin",
+    "swin_v2", "vgg", "vit", "wide_resnet",
 }
 
 

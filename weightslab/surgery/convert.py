@@ -17,6 +17,12 @@ from weightslab.surgery.modules import (
 )
 from weightslab.surgery.network import NetworkWithOps
 from weightslab.surgery.recurrent import convertible_recurrent, recurrent_ops
+from weightslab.surgery.window_attention import (
+    RelativeAttentionWithNeuronOps,
+    WindowAttentionWithNeuronOps,
+    convertible_window_attention,
+    window_attention_ops,
+)
 
 __all__ = ["CONVERSION_VERSION", "EXCLUDED", "ConvertedNetwork", "conversion_version", "convert_to_ops",
            "use_conversion"]
@@ -27,7 +33,9 @@ __all__ = ["CONVERSION_VERSION", "EXCLUDED", "ConvertedNetwork", "conversion_ver
 #: 2: also their subclasses that compute the same (see :func:`convert_to_ops`).
 #: 3: also ``nn.MultiheadAttention`` (its projections become ops layers: ``in_proj``, ``out_proj``).
 #: 4: also ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` of one layer and one direction (their hidden units are neurons).
-CONVERSION_VERSION = 4
+#: 5: also torchvision's Swin / Swin v2 / MaxViT attention modules (their heads' width is read from their
+#:    projections, so the residual stream is editable); checkpoint keys and layer order are those of 4.
+CONVERSION_VERSION = 5
 
 
 class ConvertedNetwork(NetworkWithOps):
@@ -130,6 +138,13 @@ def _replace_children(module: nn.Module, version: int, done: list[Conversion]) -
     for name, child in list(module.named_children()):
         if isinstance(child, NeuronLayer | MultiheadAttentionWithNeuronOps):
             continue
+        if version >= 5 and convertible_window_attention(child):
+            # Its projections are converted first (as every version does), then shared by the replacement,
+            # so that converting back (use_conversion) returns the original with its ops layers.
+            _replace_children(child, version, done)
+            module._modules[name] = window_attention_ops(child)
+            done.append((module, name, child, 5))
+            continue
         replacement = _convert(child, version)
         if replacement is None:
             _replace_children(child, version, done)
@@ -146,7 +161,9 @@ def convert_to_ops(model: nn.Module, *, version: int = CONVERSION_VERSION) -> Ne
     quantization-aware layers) or they are listed in :data:`EXCLUDED`. An ``nn.MultiheadAttention``
     becomes a :class:`~weightslab.surgery.attention.MultiheadAttentionWithNeuronOps` (its residual
     stream is then editable), and a one-layer, one-direction ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` its
-    ops layer (its hidden units are then neurons). ``version`` (see :data:`CONVERSION_VERSION`) converts as an earlier
+    ops layer (its hidden units are then neurons); torchvision's Swin, Swin v2 and MaxViT attention
+    modules become :mod:`~weightslab.surgery.window_attention` modules (their residual stream is then
+    editable). ``version`` (see :data:`CONVERSION_VERSION`) converts as an earlier
     WeightsLab did; an experiment records the version and converts its model back to it on reopen.
 
     The parameters and running statistics are kept (the same objects). A
@@ -220,6 +237,8 @@ def use_conversion(network: nn.Module, version: int) -> bool:
 
 
 def _same_widths(converted: nn.Module, original: nn.Module) -> bool:
+    if isinstance(converted, WindowAttentionWithNeuronOps | RelativeAttentionWithNeuronOps):
+        return converted.unchanged()
     if isinstance(converted, MultiheadAttentionWithNeuronOps):
         orig: Any = original
         return tuple(converted.in_proj.weight.shape) == (3 * orig.embed_dim, orig.embed_dim) and \

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["Follower", "Graph", "PlannedLayout", "UnionFind"]
+__all__ = ["Follower", "Graph", "HeadSet", "PlannedLayout", "UnionFind"]
 
 
 class UnionFind:
@@ -75,6 +75,37 @@ class Follower:
     dim: int
     keys: np.ndarray
     fill: float = 0.0
+
+
+@dataclass(frozen=True)
+class HeadSet:
+    """The attention heads of one converted window attention module (Swin, Swin v2, MaxViT).
+
+    Attributes:
+        qkv: the name of the query/key/value projection (its rows: 3 blocks of ``heads × head_dim``).
+        blocks: ``[heads, 3 · head_dim]``: the keys of head h's query, key and value rows.
+        bias: the name of the layer with one output per head (Swin v2's ``cpb_mlp.2``), or "".
+        bias_keys: ``[heads]``: its keys (empty without it).
+        followers: tensors with one entry per head (relative position bias table, logit scale) → their dim.
+    """
+
+    qkv: str
+    blocks: np.ndarray
+    bias: str = ""
+    bias_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    followers: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def heads(self) -> int:
+        return int(self.blocks.shape[0])
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.blocks.shape[1]) // 3
+
+    def representatives(self) -> np.ndarray:
+        """One key per head, the one its per-head tensors are keyed by: its bias layer's, else its first query's."""
+        return self.bias_keys if len(self.bias_keys) else self.blocks[:, 0]
 
 
 @dataclass(frozen=True)
@@ -124,6 +155,7 @@ class Graph:
             (e.g. ``multi_head_attention_forward`` reading an attention's ``out_proj``).
         sizes: ``module.attribute`` → the keys of the channels whose number that integer attribute is
             (a reshape of a channel dimension to it, e.g. ViT's ``hidden_dim``): it follows their width.
+        heads: window attention module name → its :class:`HeadSet` (heads are edited whole).
     """
 
     out_keys: dict[str, np.ndarray] = field(default_factory=dict)
@@ -144,6 +176,7 @@ class Graph:
     generic_reason: str = ""
     read_by: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, np.ndarray] = field(default_factory=dict)
+    heads: dict[str, HeadSet] = field(default_factory=dict)
 
     def copy(self, **changes: object) -> Graph:
         """A shallow copy with ``changes`` applied (tables are replaced, never mutated in place)."""

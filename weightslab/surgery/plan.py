@@ -20,6 +20,7 @@ import numpy as np
 from weightslab.errors import SurgeryError
 from weightslab.events.domain import EventKind
 from weightslab.surgery.graph import Graph
+from weightslab.surgery.heads import add_heads, close_heads, head_set_of
 from weightslab.surgery.partition import (
     Partition,
     close_removal,
@@ -202,7 +203,8 @@ def prune_keys(graph: Graph, name: str, indices: list[int], label: Label) -> Key
     if reason is not None:
         raise SurgeryError(f"cannot prune {label(name)}: {reason}. {_hint(reason)}")
     parts = partitions(graph)
-    removed, blocked = close_removal(graph, parts, {int(c) for c in classes})
+    heads_closed = close_heads(graph, {int(c) for c in classes}, f"cannot prune {label(name)}")
+    removed, blocked = close_removal(graph, parts, heads_closed)
     if blocked is not None:
         raise SurgeryError(
             f"cannot prune {label(name)}: {blocked.describe()}; this removes a whole group, whose input channels "
@@ -262,6 +264,9 @@ def add_keys(graph: Graph, name: str, count: int, label: Label) -> KeyEdit:
     reason = graph.pin_reason(classes)
     if reason is not None:
         raise SurgeryError(f"cannot add neurons to {label(name)}: {reason}. {_hint(reason)}")
+    heads = head_set_of(graph, name)
+    if heads is not None:
+        return add_heads(graph, heads[0], heads[1], name, count, label)
     class_set = set(classes.tolist())
     group = [p for p, k in graph.out_keys.items() if class_set & set(graph.classes_of(k).tolist())]
     if not group:

@@ -41,12 +41,15 @@ class KeyEdit:
         slots: the new channels of an add, in order.
         planned: producer name → the keys of its output channels after the edit.
         groups: grouped convolution name → its number of groups after the edit (when it changes).
+        followers: follower name → its keys after the edit, where the anchors cannot say it (a new
+            attention head: one entry per head, for ``3 · head_dim`` new rows).
     """
 
     removed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     slots: tuple[Slot, ...] = ()
     planned: dict[str, np.ndarray] = field(default_factory=dict)
     groups: dict[str, int] = field(default_factory=dict)
+    followers: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def fresh(self) -> np.ndarray:
@@ -97,7 +100,8 @@ def relayout(graph: Graph, edit: KeyEdit) -> Graph:
     for slot in edit.slots:
         members = list(slot.keys.values())
         root[members] = min(members)
-    followers = {name: Follower(f.dim, update(f.keys), f.fill) for name, f in graph.followers.items()}
+    followers = {name: Follower(f.dim, edit.followers[name] if name in edit.followers else update(f.keys), f.fill)
+                 for name, f in graph.followers.items()}
     norm_groups = {name: (groups, update(keys)) for name, (groups, keys) in graph.norm_groups.items()}
     return graph.copy(
         out_keys={**graph.out_keys, **edit.planned},

@@ -99,17 +99,19 @@ def loose_tensors(network: nn.Module, layer_names: Mapping[NeuronLayer, str]) ->
     own = {id(t) for layer in layer_names for t in (*layer.parameters(recurse=False), *layer.buffers(recurse=False))}  # type: ignore[attr-defined]
     found: dict[str, torch.Tensor] = {}
     for name, tensor in (*network.named_parameters(), *network.named_buffers()):
-        if id(tensor) not in own and tensor.is_floating_point() and tensor.numel() > 1:
+        if id(tensor) not in own and tensor.is_floating_point() and tensor.dim() > 0 and tensor.numel() > 0:
             found[name] = tensor
     return found
 
 
 def _why_pinned(name: str, where: str, module: nn.Module | None = None) -> str:
-    if name in _CONTRACTING:
-        heads = getattr(module, "num_heads", None)
-        if isinstance(heads, int) and name in ("scaled_dot_product_attention", "matmul", "bmm", "softmax"):
+    attr = "n_heads" if isinstance(getattr(module, "n_heads", None), int) else "num_heads"  # MaxViT: n_heads
+    heads = getattr(module, attr, None)
+    if name in _CONTRACTING or (name == "normalize" and isinstance(heads, int)):  # Swin v2: cosine attention
+        if isinstance(heads, int) and name in ("scaled_dot_product_attention", "matmul", "bmm", "einsum", "softmax",
+                                               "normalize"):
             size = getattr(module, "head_dim", None)
-            shape = f"num_heads={heads}" + (f", head_dim={size}" if isinstance(size, int) else "")
+            shape = f"{attr}={heads}" + (f", head_dim={size}" if isinstance(size, int) else "")
             return f"they are the queries, keys or values of the attention heads{where} ({shape} of that module), " \
                    "which `{name}` multiplies with each other; surgery edits the residual stream around attention " \
                    "and its MLP layers, not the heads".replace("{name}", name)
