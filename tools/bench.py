@@ -14,6 +14,9 @@ Scenarios:
                    (tools/bench_ddp.py: events agreed, statistics gathered, rank 0 writes)  (≤ 1.10)
   train_tutorial_cpu  the same, items one by one, in process CPU time with 1 torch thread
                    (stable on a noisy machine: the work WeightsLab adds)             (≤ 1.10)
+  train_tabular    8 → 16 → 2 MLP, batch 512, 1 epoch of 4·10^5 and 10^6 tabular samples: plain loop vs
+                   Experiment, incl. the final sample_stats write; also against a loop that slices shuffled
+                   tensors (no loader), and in CPU time with 1 thread                      (≤ 1.10)
   train_resnet18   converted torchvision ResNet-18, batch 64, 32×32: plain loop vs Experiment (≤ 1.05)
   train_resnet18_cpu  the same in process CPU time with 1 torch thread                 (≤ 1.05)
   train_resnet18_amp  the same with bf16 autocast + OneCycleLR per batch + norm clipping  (≤ 1.05)
@@ -24,6 +27,9 @@ Scenarios:
   replay           replay throughput vs the original training throughput                   (≥ 0.9)
   ledger_memory    ledger bytes per sample at 10^6 samples                                  (≤ 64)
   fingerprint      a state's fast digests (version 2) vs its SHA-256 blob hashes (version 1), GB/s  (≥ 5)
+  cli_startup      each read-only `weightslab` command (experiments, events, lineage, audit, sql) on a small store,
+                   wall time and its ratio to `python -c pass`, alternated (tools/bench_cli.py; ≤ 0.5 s quiet);
+                   `replay`'s fixed overhead beyond the work it reports, beside import torch + one optimizer
 """
 
 from __future__ import annotations
@@ -214,6 +220,75 @@ def scenario_train_tutorial_cpu(args: argparse.Namespace) -> None:
             lambda: _experiment_loop(MNISTModel, ds, ev, 256, 2 * steps, steps, store, _cpu)))
     compare("train tutorial, CPU time, 1 thread", m, 1.10,
             "2 epochs, 1 call each, items one by one; process CPU seconds")
+
+
+# -- the per-sample regime: a tiny model on many samples ---------------------------------------------
+
+def _tabular(n: int, seed: int = 0) -> TensorDataset:
+    """``n`` rows of 8 features (a fixed-seed normal draw) and a 2-class label from a rule of them."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    return TensorDataset(x, (x[:, 0] + x[:, 1] * x[:, 2] > 0).long())
+
+
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+
+def _mlp_ops() -> Any:
+    return convert_to_ops(_mlp())
+
+
+def _plain_tabular(ds: TensorDataset, batch: int, clock: Clock = time.perf_counter, sliced: bool = False) -> float:
+    """The plain loop: a shuffling DataLoader over the TensorDataset (the usual idiom, as in the other rows), or
+    with ``sliced`` the fastest loop for in-memory tensors: a slice of one shuffled order per batch (no loader)."""
+    model = _mlp()
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    inputs, labels = ds.tensors
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    _settle()
+    t = clock()
+    if sliced:
+        order = torch.randperm(len(inputs), generator=g)
+        batches: Any = ((inputs[i], labels[i]) for i in order.split(batch))
+    else:
+        batches = DataLoader(ds, batch_size=batch, shuffle=True, generator=g)
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return clock() - t
+
+
+def _tabular_pairs(n: int, ev: TensorDataset, reps: int, clock: Clock = time.perf_counter,
+                   sliced: bool = False) -> Measured:
+    """Alternated runs of both sides over one epoch of ``n`` samples (after one untimed run of each)."""
+    ds, steps = _tabular(n), (n + 511) // 512
+    with tempfile.TemporaryDirectory() as store:
+        _plain_tabular(ds, 512, clock, sliced)
+        _experiment_loop(_mlp_ops, ds, ev, 512, steps, steps, store, clock)
+        return alternate(reps, lambda: _plain_tabular(ds, 512, clock, sliced),
+                         lambda: _experiment_loop(_mlp_ops, ds, ev, 512, steps, steps, store, clock))
+
+
+def scenario_train_tabular(args: argparse.Namespace) -> None:
+    """The per-sample regime (issue #26): an 8 → 16 → 2 MLP costs ~nothing per sample, so what WeightsLab
+    does per batch and per sample (sampler, batch fetch, ledger, statistics rows) is what shows. One epoch
+    at batch 512 in one call, the final ``sample_stats`` write of every sample included."""
+    sizes = [40_000, 100_000] if args.quick else [400_000, 1_000_000]
+    ev = _tabular(1000, seed=1)
+    for n in sizes:
+        m = _tabular_pairs(n, ev, args.reps if n < 1_000_000 else max(3, args.reps - 2))
+        compare(f"train tabular MLP, {n:,} samples", m, 1.10,
+                "batch 512, 1 epoch, 1 call, incl. final stats write; plain: shuffling DataLoader")
+    m = _tabular_pairs(sizes[0], ev, args.reps, sliced=True)
+    compare("train tabular MLP, vs sliced tensors", m, 1.10,
+            f"{sizes[0]:,} samples; plain: one shuffled order sliced per batch, no loader (the fastest plain loop)")
+    m = _one_torch_thread(lambda: _tabular_pairs(sizes[0], ev, max(3, args.reps - 2), _cpu))
+    compare("train tabular MLP, CPU time, 1 thread", m, 1.10,
+            f"{sizes[0]:,} samples, vs the DataLoader; process CPU seconds (the writer thread included)")
 
 
 def _resnet() -> torch.nn.Module:
@@ -436,6 +511,17 @@ def scenario_stats_upsert(args: argparse.Namespace) -> None:
                 q.append((time.perf_counter() - t) * 1000)
             ms = statistics.median(q)
             record(f"top-100 by loss over {sizes[-1]:,} rows", None, ms, "ms", "< 100 ms", ms < 100)
+        if name == "postgresql":  # issue #26: 3 epochs rewriting every row, no VACUUM: size vs the live rows
+            from bench_store import pg_epochs
+
+            fresh = _pg_store()  # a table of this experiment's rows only
+            assert fresh is not None
+            size = pg_epochs(fresh[0], sizes[-1], 3, upsert_sample_stats, report=(3,))[-1]
+            fresh[1]()
+            hot = size["n_tup_hot_upd"] / max(size["n_tup_upd"], 1)
+            record(f"sample_stats size after 3 epochs, {sizes[-1]:,} rows", float(size["live_bytes"]),
+                   float(size["bytes"]), "bytes", "≤ 2× live", size["bytes"] <= 2 * size["live_bytes"],
+                   f"no VACUUM; {hot:.0%} of updates HOT; {size['n_dead_tup']:,} dead rows (pruned by the next write)")
         close()
     tmp.cleanup()
 
@@ -547,11 +633,36 @@ def scenario_train_tutorial_ddp(args: argparse.Namespace) -> None:
                 + ("; process CPU time summed over the ranks" if "CPU" in label else ""))
 
 
+def scenario_cli_startup(args: argparse.Namespace) -> None:
+    """Start-up of the read-only commands, in fresh processes beside ``python -c pass`` (tools/bench_cli.py)."""
+    import bench_cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = str(Path(tmp) / "store")
+        bench_cli.build_store(store)
+        load = bench_cli.load()
+        quiet = float(load.split()[0]) < 1.0 if load != "n/a" else False  # the targets are for a quiet machine
+        for row in bench_cli.measure(store, args.reps):
+            name = row["command"].split(" ")[1]
+            if "ratio" in row:
+                record(f"cli {name}", row["python_c_pass"], row["wall"], "s", "≤ 0.5 s",
+                       row["wall"] <= 0.5 if quiet else None,
+                       f"ratio = wall / `python -c pass`, median of {args.reps} ABBA pairs; load {load}",
+                       ratio=row["ratio"], runs=row["runs"])
+            else:
+                record(f"cli {name}: fixed overhead", row["torch_floor"], row["overhead"], "s", "≤ 2 s",
+                       row["overhead"] <= 2.0 if quiet else None,
+                       f"wall {row['wall']:.2f} s − the {row['reported']:.2f} s it reports; baseline: import torch "
+                       f"+ one optimizer ({row['beyond_floor']:.2f} s beyond it); load {load}", runs=row["runs"])
+
+
 SCENARIOS = {
+    "cli_startup": scenario_cli_startup,
     "fingerprint": scenario_fingerprint,
     "train_tutorial": scenario_train_tutorial,
     "train_tutorial_ddp": scenario_train_tutorial_ddp,
     "train_tutorial_cpu": scenario_train_tutorial_cpu,
+    "train_tabular": scenario_train_tabular,
     "train_resnet18": scenario_train_resnet18,
     "train_resnet18_cpu": scenario_train_resnet18_cpu,
     "train_resnet18_amp": scenario_train_resnet18_amp,

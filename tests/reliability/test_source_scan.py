@@ -39,7 +39,9 @@ SQL_SHAPE = re.compile(r"^\s*\(?\s*(select\b.*\bfrom\b|insert\s+into\b|delete\s+
 SQL_FORMAT_ALLOWED = {"history/stats.py", "ui/samples.py"}
 # Audited dynamic imports: lazy package attributes, the replay tools' recipe / optimizer class, and a
 # recorded training step or scheduler class (named by the user, imported like the recipe).
-IMPORT_MODULE_ALLOWED = {"__init__.py", "experiment/replica.py", "experiment/training.py"}
+# cli/__init__.py imports a command module named in its fixed table of commands.
+IMPORT_MODULE_ALLOWED = {"__init__.py", "cli/__init__.py", "events/__init__.py", "history/__init__.py",
+                         "experiment/replica.py", "experiment/training.py"}
 
 
 def _dotted(node: ast.AST) -> str:
@@ -138,11 +140,20 @@ def test_the_allowlisted_sql_formats_constant_identifiers_only() -> None:
              for n in ast.walk(v.value) if isinstance(n, ast.Name)}
     # only the builder's parameters and module constants: never a value from a caller
     assert names <= {"table", "cols", "source", "values", "updates", "key", "c", "columns", "_SAMPLE_ALL",
-                     "_SAMPLE_KEY", "_NEURON_ALL", "_NEURON_KEY", "NEURON_COLUMNS"}, names
+                     "_SAMPLE_KEY", "_NEURON_ALL", "_NEURON_KEY", "NEURON_COLUMNS",
+                     # the PostgreSQL COPY path: its staging table, columns and types, settings, record fields
+                     "_PG_STAGE", "SAMPLE_COLUMNS", "t", "k", "j"}, names
     for statement in (stats._SQLITE_SAMPLE_BULK, stats._SQLITE_SAMPLE_ONE, stats._SQLITE_NEURON_BULK,
-                      stats._SQLITE_NEURON_ONE, stats._PG_SAMPLE, stats._PG_NEURON, *stats._PG_COPY.values()):
+                      stats._SQLITE_NEURON_ONE):
         # identifiers and placeholders (?, ?1, ?2) only
         assert re.fullmatch(r"(?:[A-Za-z_ ,().=:]|\?\d*)+", statement), statement[:200]
+    for statement in (stats._PG_NEURON, stats._PG_NEURON_COPY, stats._PG_STAGE_CREATE, stats._PG_STAGE_COPY,
+                      stats._PG_STAGE_TRUNCATE, stats._PG_SAMPLE_MERGE, stats._PG_SAMPLE_UPDATE,
+                      stats._PG_SAMPLE_INSERT_NEW):
+        # identifiers, placeholders (%s) and casts to constant type names (%s::integer) only
+        assert re.fullmatch(r"(?:[A-Za-z_0-9 ,().=:<>]|%s)+", statement), statement[:200]
+    for statement in (stats._PG_SETTINGS_READ, stats._PG_SETTINGS_SET):  # the constant setting names, quoted
+        assert re.fullmatch(r"SELECT (?:[a-z_]+\('[a-z_]+'(?:, %s, true)?\)(?:, )?)+", statement), statement
     expected_pragma = f"PRAGMA busy_timeout = {locate.SQLITE_BUSY_TIMEOUT_MS}"
     assert expected_pragma == locate._BUSY_TIMEOUT_PRAGMA
 
