@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing import data_ingester, plugin_event_multiplexer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -127,3 +128,40 @@ def test_a_reopened_experiment_continues_its_branchs_run(make_exp, tmp_path, sto
     steps = [p.step for p in acc.Scalars("train/loss")]
     assert steps == [3 * 64, 4 * 64]
     assert any("resume" in m for m in _markers(acc))
+
+
+def test_a_log_that_cannot_be_written_is_reported_once_and_the_experiment_goes_on(make_exp, tmp_path):
+    """TensorBoard is written on a background thread: a failure there (here the log directory is a file)
+    becomes one warning (by the next close at the latest), never an error in an operation."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the logs should go")
+    with pytest.warns(RuntimeWarning, match="no longer written") as caught:
+        exp = make_exp("tb-blocked", tensorboard_dir=str(blocked))
+        exp.train_n_steps(2)
+        exp.model.add_neurons(layer_index=0, neuron_count=1)
+        cid = exp.dump()
+        exp.load(checkpoint_id=cid)
+        exp.close()
+    assert len([w for w in caught if "no longer written" in str(w.message)]) == 1
+    assert [e.kind for e in exp.events().itertuples()][-4:] == ["train", "add_neurons", "dump", "load"]
+    assert blocked.read_text() == "a file where the logs should go"
+
+
+def test_markers_reach_their_runs_in_order_when_written_behind_the_experiment(make_exp, tmp_path):
+    """Many edits, dumps and loads in a row: each run gets exactly its markers, numbered in order."""
+    exp = make_exp("tb-order", tensorboard_dir=str(tmp_path / "tb"))
+    exp.train_n_steps(1)
+    for i in range(12):
+        exp.model.layers[0].set_per_neuron_learning_rate({0}, lr=0.5 + i / 100)
+    cid = exp.dump()
+    for _ in range(3):
+        exp.load(checkpoint_id=cid)
+    exp.close()
+    log = walk(exp.store, "tb-order")
+    expected = Counter(branch for branch, e in zip(branch_of_entries(log), log)
+                       if not isinstance(e.event, StepsTrained | Evaluated))
+    for run in _runs(exp.tensorboard_dir):
+        acc = EventAccumulator(str(exp.tensorboard_dir / run), size_guidance={"tensors": 0})
+        acc.Reload()
+        seqs = [int(m.split(":", 1)[0].removeprefix("seq ")) for m in _markers(acc)]
+        assert seqs == sorted(seqs) and len(seqs) == expected[run], run

@@ -338,8 +338,8 @@ def test_audit_recomputes_a_dumps_fast_fingerprint_from_its_blobs_and_flags_one_
 
     real = runtime.fast_digests
 
-    def one_wrong(tensors):  # a writer whose fingerprint disagrees with what it stored (one digest off)
-        out = real(tensors)
+    def one_wrong(tensors, views=None):  # a writer whose fingerprint disagrees with what it stored (one off)
+        out = real(tensors, views)
         name = sorted(out)[0]
         out[name] = out[name][:-1] + ("0" if out[name][-1] != "0" else "1")
         return out
@@ -351,3 +351,21 @@ def test_audit_recomputes_a_dumps_fast_fingerprint_from_its_blobs_and_flags_one_
     report = audit_experiment(exp.store, "fast")
     assert not report.ok and report.chain_ok  # the chain is intact: only the state check can catch it
     assert "its tensors do not hash to the state hash recorded with the event" in report.render_text()
+
+
+def test_a_load_records_the_same_fingerprint_whether_this_process_dumped_the_checkpoint_or_not(make_exp):
+    """A load takes the fingerprint of a checkpoint this process dumped (or loaded) from memory; computed
+    afresh from the blobs in a process that did not, it is the same, and both equal the dump's."""
+    exp = make_exp("twice")
+    exp.train_n_steps(2)
+    cid = exp.dump()
+    exp.train_n_steps(1)
+    exp.load(checkpoint_id=cid)  # this process dumped it: no pass over the tensors
+    exp.close()
+    reopened = make_exp("twice", store=exp.store)
+    reopened.train_n_steps(1)
+    reopened.load(checkpoint_id=cid)  # a fresh process: digests of the decoded blobs
+    events = reopened.events()
+    hashes = {kind: list(events.state_hash[events.kind == kind]) for kind in ("dump", "load")}
+    assert len(hashes["load"]) == 2 and hashes["load"][0] == hashes["load"][1] == hashes["dump"][0]
+    assert audit_experiment(reopened.store, "twice").ok

@@ -71,6 +71,29 @@ def test_many_tensors_on_threads_digest_like_one_at_a_time():
     assert fast_digests(tensors) == {k: fast_digest(v) for k, v in tensors.items()}
 
 
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(0, fasthash.SMALL), min_size=1, max_size=12), seed=st.integers(0, 2**16))
+def test_small_items_in_one_vectorised_pass_have_the_lanes_of_one_at_a_time(lengths, seed):
+    rng = np.random.default_rng(seed)
+    items = [rng.integers(0, 256, n, dtype=np.uint8) for n in lengths]
+    assert fasthash.lanes_of_small(items) == [fasthash.lanes(x) for x in items]
+
+
+def test_a_state_of_small_tensors_of_every_dtype_and_layout_digests_like_one_at_a_time():
+    base = torch.randn(6, 7)
+    tensors = {f"{dtype}": _tensor(dtype, 300, 1) for dtype in DTYPES}
+    tensors.update(scalar=torch.tensor(3.5), empty=torch.zeros(0), strided=base.t(), step=base[:, 2:5:2],
+                   one_of_two=torch.arange(4.0)[::2][:1], full_block=torch.randn(fasthash.BLOCK * 2),
+                   past_a_block=torch.randn(fasthash.BLOCK * 2 + 1))
+    assert list(fast_digests(tensors)) == list(tensors)  # the state's order is kept
+    assert fast_digests(tensors) == {k: fast_digest(v) for k, v in tensors.items()}
+
+
+def test_small_items_past_one_block_are_refused():
+    with pytest.raises(ValueError, match="at most"):
+        fasthash.lanes_of_small([np.zeros(fasthash.SMALL + 1, np.uint8)])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_on_cuda_the_digest_is_computed_there_and_equals_the_cpu_one():
     t = torch.randn(3, 5000, dtype=torch.float32)

@@ -46,6 +46,21 @@ def capture(rt: Runtime, *, rng: bool = True) -> tuple[dict[str, torch.Tensor], 
                 v = list(v)
             clean[k] = v
         groups.append(clean)
+    tensors.update(_data_tensors(rt, rng=rng))
+    meta = {
+        "optimizer": {"class": type(rt.optimizer).__name__, "param_groups": groups,
+                      "tuple_keys": sorted(tuple_keys), "scalars": scalars},
+        "architecture": rt.widths(),
+        "model_age": rt.model_age,
+    }
+    if rt.fingerprint_version >= 2:  # the JSON part a version-2 fingerprint covers (history/manifest.py)
+        meta.update(fingerprint=rt.fingerprint_version, **_training_meta(rt))
+    return tensors, meta
+
+
+def _data_tensors(rt: Runtime, *, rng: bool = True) -> dict[str, torch.Tensor]:
+    """The ledger, sampler and RNG parts of the state (fresh arrays, not views of the live ones)."""
+    tensors: dict[str, torch.Tensor] = {}
     for split in rt.splits:
         for k, v in split.ledger.state_arrays().items():
             tensors[f"ledger/{split.name}/{k}"] = to_tensor(v)
@@ -54,17 +69,14 @@ def capture(rt: Runtime, *, rng: bool = True) -> tuple[dict[str, torch.Tensor], 
     if rng:
         for k, v in capture_rng().items():
             tensors[f"rng/{k}"] = v
-    meta = {
-        "optimizer": {"class": type(rt.optimizer).__name__, "param_groups": groups,
-                      "tuple_keys": sorted(tuple_keys), "scalars": scalars},
-        "architecture": rt.widths(),
-        "model_age": rt.model_age,
-    }
-    if rt.fingerprint_version >= 2:  # the JSON part a version-2 fingerprint covers (history/manifest.py)
-        meta.update(fingerprint=rt.fingerprint_version, batch_size=rt.config.batch_size,
-                    scheduler=normalise(rt.scheduler.state_dict(), "scheduler") if rt.scheduler else None,
-                    scaler=dict(rt.scaler.state_dict()) if rt.scaler is not None else None)
-    return tensors, meta
+    return tensors
+
+
+def _training_meta(rt: Runtime) -> dict[str, Any]:
+    """The batch size and the scheduler's and grad scaler's states (what :func:`_apply_training` restores)."""
+    return {"batch_size": rt.config.batch_size,
+            "scheduler": normalise(rt.scheduler.state_dict(), "scheduler") if rt.scheduler else None,
+            "scaler": dict(rt.scaler.state_dict()) if rt.scaler is not None else None}
 
 
 def restore(rt: Runtime, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -92,8 +104,7 @@ def restore(rt: Runtime, tensors: dict[str, torch.Tensor], meta: dict[str, Any])
         tuple(live[k].shape) != tuple(v.shape) for k, v in model_sd.items())
     saved_model = {k: v.detach().clone() for k, v in live.items()} if reshaping else None
     saved_optimizer = rt.optimizer.state_dict()  # load_state_dict swaps these tensors out, never writes them
-    saved_rest, saved_meta = capture(rt)  # ledger, sampler and RNG parts are fresh copies
-    saved_rest = {k: v for k, v in saved_rest.items() if not k.startswith(("model/", "optim/"))}
+    saved_rest, saved_meta = _data_tensors(rt), _training_meta(rt)  # fresh copies
     try:
         optimizer_sd = _optimizer_state_dict(tensors, opt_meta)
         if reshaping:

@@ -55,7 +55,8 @@ _PER_SAMPLE = ("ledger/", "sampler/")
 
 
 def _encode(rt: Runtime, tensors: dict[str, torch.Tensor], names: list[str]) -> tuple[list[Any], str]:
-    """Each tensor's blob parts, in ``names`` order, and the manifest format they need."""
+    """Each tensor's blob parts, in ``names`` order (a ``WLT1`` blob's: header and a view of the values), and
+    the manifest format they need."""
     if not COMPACT_DATA or rt.fingerprint_version < 2:
         return [encode_tensor_parts(tensors[n]) for n in names], FORMAT
     samplers = {f"sampler/{split.name}/permutation": split.sampler for split in rt.splits}
@@ -78,6 +79,9 @@ def write_state(rt: Runtime, conn: Any) -> tuple[str, Fingerprint]:
     names = sorted(tensors)
     encoded, manifest_format = _encode(rt, tensors, names)
     digests = sha256_many(encoded)
+    # the values of each WLT1-encoded CPU tensor are at hand: the fingerprint reads them from there
+    views = {n: parts[1] for n, parts in zip(names, encoded)
+             if isinstance(parts[1], memoryview) and tensors[n].is_cpu and tensors[n].numel()}
     hashes = dict(zip(names, digests))
     manifest = encode_manifest(hashes, meta, manifest_format)
     # the tensors and their manifest in one write (one lookup of the blobs the store already has)
@@ -86,8 +90,8 @@ def write_state(rt: Runtime, conn: Any) -> tuple[str, Fingerprint]:
     else:
         *_, manifest_hash = rt.store.blobs.put_many(conn, [*encoded, manifest],
                                                     hashes=[*digests, blob_hash(manifest)])
-    return manifest_hash, Fingerprint.of_state(hashes if rt.fingerprint_version < 2 else rt.tensor_digests(tensors),
-                                               meta)
+    return manifest_hash, Fingerprint.of_state(
+        hashes if rt.fingerprint_version < 2 else rt.tensor_digests(tensors, views), meta)
 
 
 def state_fingerprint(manifest: Manifest, tensors: dict[str, torch.Tensor]) -> Fingerprint:
@@ -116,6 +120,10 @@ class CheckpointManager:
         self._statistics = statistics
         self.head: int | None = None  # the checkpoint the live state descends from
         self.last_dump_bytes = 0  # new blob bytes the last dump wrote (unchanged tensors excluded)
+        # manifest hash -> the fingerprint of its state, for the checkpoints this process dumped or loaded: a
+        # manifest (SHA-256 of the tensors' hashes and the JSON part) fixes its state, so a load of one of
+        # them needs no second pass over the tensors
+        self._fingerprints: dict[str, Fingerprint] = {}
         #: Wraps a load: the Experiment's write-ahead guard (rebuild the last recorded state if the load's
         #: event cannot be written).
         self.guard: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
@@ -165,6 +173,7 @@ class CheckpointManager:
                 in_transaction=register, fingerprint=fingerprint, conn=conn,
             )
         self.last_dump_bytes = store.blobs.bytes_written - before
+        self._fingerprints[manifest_hash] = fingerprint
         self._statistics.snapshots_committed()
         self.head = cid
         return cid
@@ -194,11 +203,13 @@ class CheckpointManager:
         self._statistics.keep_history()  # the passes made so far happened: keep them for the next snapshot
         self._rt.restore(tensors, manifest.meta)
         self.head = checkpoint_id
-        # The restored state is exactly the manifest's: its fingerprint needs no second pass over the
-        # tensors. The ledger marked the samples whose statistics the restore changed: only their rows
-        # are written again.
+        # The restored state is exactly the manifest's: its fingerprint is the manifest's (computed once per
+        # manifest in this process). The ledger marked the samples whose statistics the restore changed:
+        # only their rows are written again.
+        fingerprint = self._fingerprints.get(manifest_hash) or state_fingerprint(manifest, tensors)
         self._recorder.append(CheckpointLoaded(checkpoint_id=checkpoint_id, manifest=manifest_hash),
-                              fingerprint=state_fingerprint(manifest, tensors))
+                              fingerprint=fingerprint)
+        self._fingerprints[manifest_hash] = fingerprint
 
     def lineage(self) -> Lineage:
         """The checkpoint tree, from the event log."""

@@ -11,6 +11,7 @@ widths and the neuron counters.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,9 +122,11 @@ class Runtime:
         tensors, meta = self.capture()
         return Fingerprint.of_state(self.tensor_digests(tensors), meta)
 
-    def tensor_digests(self, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
-        """Each tensor's digest as this experiment's fingerprint version defines it."""
-        return fast_digests(tensors) if self.fingerprint_version >= 2 else tensor_hashes(tensors)
+    def tensor_digests(self, tensors: dict[str, torch.Tensor],
+                       views: Mapping[str, memoryview] | None = None) -> dict[str, str]:
+        """Each tensor's digest as this experiment's fingerprint version defines it (``views``: the value bytes
+        of some CPU tensors, already at hand)."""
+        return fast_digests(tensors, views) if self.fingerprint_version >= 2 else tensor_hashes(tensors)
 
     def probe_criterion(self) -> None:
         """Run two samples of each split through model and criterion (nothing is recorded or changed).

@@ -65,24 +65,42 @@ def tensor_hashes(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
 
 
-def fast_digest(t: torch.Tensor) -> str:
-    """The fast digest of ``t`` (dtype, shape and values), computed on ``t``'s own device."""
+def fast_digest(t: torch.Tensor, view: memoryview | None = None) -> str:
+    """The fast digest of ``t`` (dtype, shape and values), computed on ``t``'s own device (``view``: the bytes
+    of a CPU tensor's values, already at hand, e.g. from its blob encoding)."""
     if not t.is_contiguous():
         t = t.contiguous()
     nbytes = t.nbytes
     if t.is_cpu:
-        lanes = fasthash.lanes(flat_bytes(t.detach())) if nbytes else (0, 0)
+        lanes = fasthash.lanes(view if view is not None else flat_bytes(t.detach())) if nbytes else (0, 0)
     else:
         lanes = _device_lanes(t.detach())
-    dtype = _DTYPE_NAMES.get(t.dtype) or _DTYPE_NAMES.setdefault(t.dtype, str(t.dtype).removeprefix("torch."))
-    return fasthash.tensor_digest(dtype, t.shape, nbytes, fasthash.digest_of_lanes(*lanes))
+    return fasthash.tensor_digest(_dtype_name(t.dtype), t.shape, nbytes, fasthash.digest_of_lanes(*lanes))
 
 
-def fast_digests(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    """:func:`fast_digest` of each tensor (CPU tensors on a few threads when there is much to hash)."""
-    names = list(tensors)
-    sizes = [tensors[n].nbytes for n in names]
-    return dict(zip(names, balanced_map(lambda n: fast_digest(tensors[n]), names, sizes)))
+def fast_digests(tensors: Mapping[str, torch.Tensor], views: Mapping[str, memoryview] | None = None) -> dict[str, str]:
+    """:func:`fast_digest` of each tensor: small CPU tensors in one vectorised pass, larger ones on a few
+    threads when there is much to hash. ``views``: the value bytes of some CPU tensors, already at hand."""
+    views = views or {}
+    small = [n for n, t in tensors.items() if t.is_cpu and 0 < t.nbytes <= fasthash.SMALL]
+    out = dict(zip(small, _small_digests([tensors[n] for n in small], [views.get(n) for n in small])))
+    large = [n for n in tensors if n not in out]
+    sizes = [tensors[n].nbytes for n in large]
+    out.update(zip(large, balanced_map(lambda n: fast_digest(tensors[n], views.get(n)), large, sizes)))
+    return {n: out[n] for n in tensors}
+
+
+def _small_digests(tensors: list[torch.Tensor], views: list[memoryview | None]) -> list[str]:
+    """:func:`fast_digest` of small, non-empty CPU tensors (:func:`fasthash.lanes_of_small`)."""
+    datas = [v if v is not None else flat_bytes(t.detach() if t.is_contiguous() else t.detach().contiguous())
+             for t, v in zip(tensors, views)]
+    lanes = fasthash.lanes_of_small(datas)
+    return [fasthash.tensor_digest(_dtype_name(t.dtype), t.shape, t.nbytes, fasthash.digest_of_lanes(*pair))
+            for t, pair in zip(tensors, lanes)]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype) or _DTYPE_NAMES.setdefault(dtype, str(dtype).removeprefix("torch."))
 
 
 def _device_lanes(t: torch.Tensor) -> tuple[int, int]:

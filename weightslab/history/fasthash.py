@@ -36,8 +36,8 @@ import numpy as np
 
 from weightslab.history.tensorcodec import parse_tensor
 
-__all__ = ["ALGORITHM", "BLOCK", "MASK", "W1", "W2", "block_weights", "digest_bytes", "digest_of_lanes",
-           "encoded_tensor_digest", "lanes", "tensor_digest"]
+__all__ = ["ALGORITHM", "BLOCK", "MASK", "SMALL", "W1", "W2", "block_weights", "digest_bytes", "digest_of_lanes",
+           "encoded_tensor_digest", "lanes", "lanes_of_small", "tensor_digest"]
 
 #: The name recorded with the fingerprints that use it.
 ALGORITHM = "wl-mix64x2"
@@ -101,6 +101,35 @@ def lanes(data: bytes | bytearray | memoryview | np.ndarray) -> tuple[int, int]:
         lane1 += int(np.einsum("j,j->", words, W1[:n])) * int(p1[blocks])
         lane2 += int(np.einsum("j,j->", words, W2[:n])) * int(p2[blocks])
     return lane1 & MASK, lane2 & MASK
+
+
+#: The most bytes :func:`lanes_of_small` takes per item: one block.
+SMALL = 8 * BLOCK
+
+
+def lanes_of_small(items: list[memoryview | np.ndarray]) -> list[tuple[int, int]]:
+    """:func:`lanes` of each of ``items`` (each at most :data:`SMALL` bytes), in one vectorised pass.
+
+    A state holds many small tensors (biases, per-neuron multipliers, counters), where a call per
+    tensor costs more than its bytes: here they are laid out as the zero-padded rows of one matrix,
+    and each row's single block is weighted at once. The lanes are exactly :func:`lanes`'s.
+    """
+    if not items:
+        return []
+    raws = [np.frombuffer(x, dtype=np.uint8) if not isinstance(x, np.ndarray) else x.reshape(-1).view(np.uint8)
+            for x in items]
+    if max(len(r) for r in raws) > SMALL:
+        raise ValueError(f"lanes_of_small takes items of at most {SMALL} bytes")
+    n = -(-max(len(r) for r in raws) // 8) or 1
+    matrix = np.zeros((len(raws), 8 * n), dtype=np.uint8)
+    for row, raw in zip(matrix, raws):
+        row[: len(raw)] = raw
+    words = matrix.view(np.int64)
+    sums1, sums2 = np.einsum("ij,j->i", words, W1[:n]).tolist(), np.einsum("ij,j->i", words, W2[:n]).tolist()
+    p1, p2 = block_weights(1)
+    b1, b2 = int(p1[0]), int(p2[0])
+    return [((s1 * b1) & MASK, (s2 * b2) & MASK) if len(raw) else (0, 0)
+            for s1, s2, raw in zip(sums1, sums2, raws)]
 
 
 def digest_of_lanes(lane1: int, lane2: int) -> str:

@@ -112,8 +112,16 @@ def parse_tensor(blob: bytes | bytearray | memoryview) -> tuple[str, list[int], 
     (n,) = struct.unpack("<I", mv[4:8])
     if n > _MAX_HEADER or 8 + n > len(mv):
         raise IntegrityError("tensor header length is out of bounds; the blob is damaged")
+    dtype, shape = _parse_header(bytes(mv[8 : 8 + n]))
+    return dtype, list(shape), mv[8 + n :]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_header(raw: bytes) -> tuple[str, tuple[int, ...]]:
+    """A ``WLT1`` header's dtype and shape, checked (a state's blobs repeat a few headers: parsed once each;
+    an invalid header raises every time)."""
     try:
-        header: Any = json.loads(bytes(mv[8 : 8 + n]).decode("ascii"))
+        header: Any = json.loads(raw.decode("ascii"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also ints json cannot read
         raise IntegrityError(f"tensor header is not valid JSON: {e}") from e
     if not isinstance(header, dict) or set(header) != {"dtype", "shape"}:
@@ -129,7 +137,7 @@ def parse_tensor(blob: bytes | bytearray | memoryview) -> tuple[str, list[int], 
         strides *= max(s, 1)
     if strides >= 2**63:
         raise IntegrityError(f"tensor header has a shape too large for any tensor: {shape!r}")
-    return dtype, shape, mv[8 + n :]
+    return dtype, tuple(shape)
 
 
 def decode_tensor(blob: bytes | bytearray | memoryview) -> torch.Tensor:
