@@ -1,4 +1,5 @@
-"""``weightslab events``: :func:`weightslab.history.audit.events_frame` (its rows: no pandas)."""
+"""``weightslab events``: :func:`weightslab.history.listings.events_rows` (no pandas; no SQLAlchemy on a
+SQLite store, :mod:`weightslab.history.direct`)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from weightslab.cli.output import print_frame
-    from weightslab.history.audit import events_rows
-    from weightslab.history.store import Store
+    from weightslab.history.direct import open_reader
+    from weightslab.history.listings import events_rows
 
-    with Store.open(args.store, create=False, read_only=True) as store:
+    with open_reader(args.store) as store:
         frame = events_rows(store, args.name, args.from_seq, args.to_seq)
     if args.format == "table":
         frame = frame.select(_TABLE_COLUMNS)

@@ -18,10 +18,10 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from weightslab.cli.output import print_frame
+    from weightslab.history.direct import open_reader
     from weightslab.history.listings import experiments_rows
-    from weightslab.history.store import Store
 
-    with Store.open(args.store, create=False, read_only=True) as store:
+    with open_reader(args.store) as store:
         frame = experiments_rows(store)
     if args.format == "table" and not frame.rows:
         print(f"no experiments in {args.store or 'the store'}")

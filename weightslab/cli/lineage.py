@@ -19,11 +19,11 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from weightslab.cli.output import print_json
+    from weightslab.history.direct import open_reader
     from weightslab.history.lineage import Lineage
     from weightslab.history.log import walk
-    from weightslab.history.store import Store
 
-    with Store.open(args.store, create=False, read_only=True) as store:
+    with open_reader(args.store) as store:
         lineage = Lineage.of(walk(store, args.name))
     if args.format == "json":
         print_json(lineage.to_dict())

@@ -29,14 +29,16 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from weightslab.cli.output import print_frame
+    from weightslab.history.direct import DirectReader, open_reader
     from weightslab.history.sqlfence import single_read_statement, superuser_warning
-    from weightslab.history.store import Store
 
     single_read_statement(args.query)  # refuse what is not one query before connecting (Store.query checks again)
     params = {name: param_value(value) for name, value in args.param or []}
-    with Store.open(args.store, create=False, read_only=True) as store:
-        with store.reading() as conn:
-            warning = superuser_warning(conn)
+    with open_reader(args.store) as store:
+        warning = None
+        if not isinstance(store, DirectReader):  # a server: is the role a superuser?
+            with store.reading() as conn:
+                warning = superuser_warning(conn)
         if warning:
             print(f"weightslab: warning: {warning}", file=sys.stderr)
         frame = store.query_rows(args.query, params)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Text, cast, select
 
-from weightslab.errors import ConfigurationError, EventPayloadError, IntegrityError, StoreError
+from weightslab.errors import EventPayloadError, IntegrityError, StoreError
 from weightslab.events.domain import (
     CheckpointDumped,
     CheckpointLoaded,
@@ -37,10 +37,13 @@ from weightslab.events.domain import (
 )
 from weightslab.history.blobs import check_hash
 from weightslab.history.eventlog import ChainReport
-from weightslab.history.listings import experiments_rows
+from weightslab.history.listings import (
+    events_rows,
+    experiments_rows,
+    log_rows,
+)
 from weightslab.history.log import Log, LogEntry, walk
 from weightslab.history.manifest import FORMAT, Manifest, parse_manifest, uses_fast_digests
-from weightslab.history.rows import Rows
 from weightslab.history.schema import Checkpoint, Event, Snapshot
 from weightslab.history.store import Store
 
@@ -59,9 +62,6 @@ __all__ = [
     "log_frame",
     "log_rows",
 ]
-
-EVENT_COLUMNS = ["seq", "created_at", "kind", "summary", "actor", "code_version",
-                 "state_hash", "prev_hash", "hash", "payload"]
 
 
 # -- listings ------------------------------------------------------------------------
@@ -91,35 +91,10 @@ def events_frame(store: Store, name: str, from_seq: int | None = None, to_seq: i
     return events_rows(store, name, from_seq, to_seq).to_frame()
 
 
-def events_rows(store: Store, name: str, from_seq: int | None = None, to_seq: int | None = None) -> Rows:
-    """:func:`events_frame` as plain rows, without pandas (the same errors)."""
-    log = walk(store, name, strict=False)
-    _check_seq_range(name, log.last_seq, from_seq, to_seq)
-    lo, hi = from_seq or 1, to_seq or log.last_seq
-    return log_rows([e for e in log if lo <= e.seq <= hi])
-
-
 def log_frame(entries: Sequence[LogEntry] | Log) -> pd.DataFrame:
     """Walked events as a DataFrame: seq, time, kind, one-line summary, who, code version, hashes and the
     payload (a dict per row), as ``exp.events()`` and ``weightslab events`` show them."""
     return log_rows(entries).to_frame()
-
-
-def log_rows(entries: Sequence[LogEntry] | Log) -> Rows:
-    """:func:`log_frame` as plain rows, without pandas."""
-    return Rows(list(EVENT_COLUMNS), [
-        (e.seq, e.record.created_at, e.kind, e.event.summary(), e.record.actor, e.record.code_version,
-         e.record.state_hash, e.record.prev_hash, e.record.hash, e.event.to_payload())
-        for e in entries])
-
-
-def _check_seq_range(name: str, last: int, from_seq: int | None, to_seq: int | None) -> None:
-    span = f"events 1..{last}" if last else "no events"
-    for label, seq in (("from", from_seq), ("to", to_seq)):
-        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= last):
-            raise ConfigurationError(f"--{label} seq {seq!r} is not in experiment {name!r}, which has {span}")
-    if from_seq is not None and to_seq is not None and from_seq > to_seq:
-        raise ConfigurationError(f"--from seq {from_seq} is after --to seq {to_seq}; give from ≤ to")
 
 
 # -- audit -----------------------------------------------------------------------------
@@ -323,6 +298,34 @@ class _BlobChecker:
                 problem = self.seen[digest] = f"not a tensor ({e})"
         return problem
 
+    def prefetch(self, digests: Sequence[Any], *, tensors: bool) -> None:
+        """Read and verify the blobs among ``digests`` not seen yet in one batch (one query, the files on a
+        few threads), keeping each tensor's fast digest if ``tensors``. Where one is missing or damaged the
+        batch is dropped: :meth:`check` then reads each on its own, to name the one at fault."""
+        todo = []
+        for d in dict.fromkeys(d for d in digests if isinstance(d, str)):
+            try:
+                if check_hash(d) not in self.seen:
+                    todo.append(d)
+            except IntegrityError:
+                continue  # malformed: check() says so
+        if len(todo) < 2:
+            return
+        try:
+            datas = self.store.blobs.get_many(todo)
+        except (StoreError, IntegrityError):
+            return
+        if tensors:
+            from weightslab.history.fasthash import encoded_tensor_digest
+
+        for d, data in zip(todo, datas):
+            if tensors:
+                try:
+                    self.fast[d] = encoded_tensor_digest(data)
+                except IntegrityError:
+                    continue  # check_tensor() reads it again and says what it is
+            self.seen[d] = None
+
     def read(self, digest: Any) -> tuple[str | None, bytes | None]:
         try:
             digest = check_hash(digest)
@@ -373,6 +376,7 @@ def _manifest(role: str, digest: Any, recorded: str | None, checker: _BlobChecke
             yield where, str(digest), f"not a {FORMAT} manifest ({e})"
             return
         fast = uses_fast_digests(manifest.meta)
+        checker.prefetch(list(manifest.tensors.values()), tensors=fast)
         for tensor_name, blob in sorted(manifest.tensors.items()):
             problem = checker.check_tensor(blob) if fast else checker.check(blob)
             yield f"{role}: tensor {tensor_name}", str(blob), problem

@@ -22,25 +22,10 @@ from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from weightslab.errors import ConcurrencyError, IntegrityError
 from weightslab.events.codec import chain_hash, decode_payload, normalise
+from weightslab.history.rows import EventRow, utc
 from weightslab.history.schema import Event, Experiment
 
 __all__ = ["ChainReport", "EventRow", "append_event", "default_actor", "read_events", "read_head", "verify_chain"]
-
-
-@dataclass(frozen=True)
-class EventRow:
-    """One recorded event, as read back from the log."""
-
-    experiment_id: int
-    seq: int
-    kind: str
-    payload: dict[str, Any]
-    created_at: datetime
-    state_hash: str | None
-    actor: str
-    code_version: str
-    prev_hash: str | None
-    hash: str
 
 
 @dataclass(frozen=True)
@@ -64,17 +49,13 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _utc(ts: datetime) -> datetime:
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
 def _hashed_fields(seq: int, kind: str, payload: Any, created_at: datetime, state_hash: str | None,
                    actor: str, code_version: str) -> dict[str, Any]:
     return {
         "seq": seq,
         "kind": kind,
         "payload": payload,
-        "created_at": _utc(created_at).isoformat(timespec="microseconds"),
+        "created_at": utc(created_at).isoformat(timespec="microseconds"),
         "state_hash": state_hash,
         "actor": actor,
         "code_version": code_version,
@@ -95,7 +76,7 @@ _HEAD = select(_EXP.c.head_seq, _EXP.c.head_hash).where(_EXP.c.experiment_id == 
 def _row(e: Any) -> EventRow:
     return EventRow(
         experiment_id=e.experiment_id, seq=e.seq, kind=e.kind, payload=decode_payload(e.payload),
-        created_at=_utc(e.created_at), state_hash=e.state_hash, actor=e.actor,
+        created_at=utc(e.created_at), state_hash=e.state_hash, actor=e.actor,
         code_version=e.code_version, prev_hash=e.prev_hash, hash=e.hash,
     )
 

@@ -8,38 +8,34 @@ files live inside it), a SQLAlchemy URL (``sqlite:///path/x.db``,
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from weightslab.errors import StoreUnavailableError
+from weightslab.history.sqlite_file import (
+    BUSY_TIMEOUT_PRAGMA,
+    DB_FILENAME,
+    ENV_VAR,
+    MISSING_STORE_HINT,
+    MMAP_PRAGMA,
+    SQLITE_BUSY_TIMEOUT_MS,
+    connect_read_only,
+)
 
-__all__ = ["MISSING_STORE_HINT", "READS_OPTION", "StoreLocation", "make_engine", "require_database",
-           "resolve_store"]
+__all__ = ["DB_FILENAME", "ENV_VAR", "MISSING_STORE_HINT", "READS_OPTION", "SQLITE_BUSY_TIMEOUT_MS", "StoreLocation",
+           "make_engine", "require_database", "resolve_store"]
 
-DB_FILENAME = "weightslab.db"
-ENV_VAR = "WEIGHTSLAB_STORE"
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-# A literal, like every SQL text of the package (no SQL is built by formatting; a test checks it equals
-# SQLITE_BUSY_TIMEOUT_MS).
-_BUSY_TIMEOUT_PRAGMA = "PRAGMA busy_timeout = 30000"
-_MMAP_PRAGMA = "PRAGMA mmap_size = 268435456"  # 256 MiB
+# Re-exported: the file's name, the environment variable, the busy timeout and its pragma live in
+# weightslab.history.sqlite_file (no SQLAlchemy there), which the read-only tools import alone.
+_BUSY_TIMEOUT_PRAGMA = BUSY_TIMEOUT_PRAGMA
+_MMAP_PRAGMA = MMAP_PRAGMA
 
 #: Execution option of connections that only read (``Store.reading``): a deferred ``BEGIN`` on SQLite.
 READS_OPTION = "weightslab_reads"
-
-#: What to do when there is no store where one must be (the read-only commands never create one).
-MISSING_STORE_HINT = ("give the directory or URL of a store WeightsLab has written (on the command line: "
-                      "--store, or $WEIGHTSLAB_STORE)")
-
-# SQLite refuses a read-only connection to a WAL database with these when it cannot create the
-# -shm/-wal companions (their directory is read-only for this process and they do not exist).
-_NO_WAL_INDEX = {"SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_CANTINIT", "SQLITE_CANTOPEN"}
 
 
 @dataclass(frozen=True)
@@ -143,7 +139,7 @@ def make_engine(location: StoreLocation, *, read_only: bool = False) -> Engine:
             assert location.root is not None
             if read_only:
                 path = str(location.url.database)
-                engine = create_engine(location.url, creator=lambda: _connect_sqlite_read_only(path))
+                engine = create_engine(location.url, creator=lambda: connect_read_only(path))
             else:
                 location.root.mkdir(parents=True, exist_ok=True)
                 engine = create_engine(
@@ -164,33 +160,6 @@ def make_engine(location: StoreLocation, *, read_only: bool = False) -> Engine:
             f"cannot create a database engine for {location.describe()!r}: {e}. "
             "For PostgreSQL install the driver: pip install 'weightslab[postgres]'."
         ) from e
-
-
-def _connect_sqlite_read_only(path: str) -> sqlite3.Connection:
-    """A read-only connection to the SQLite file ``path`` (see :func:`make_engine`)."""
-    uri = f"file:{quote(path)}?mode=ro"
-
-    def connect(target: str) -> sqlite3.Connection:
-        return sqlite3.connect(target, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                               check_same_thread=False)
-
-    conn = connect(uri)
-    try:
-        conn.execute("PRAGMA schema_version").fetchone()  # opens the WAL index, if the file is in WAL mode
-        return conn
-    except sqlite3.OperationalError as e:
-        conn.close()
-        if getattr(e, "sqlite_errorname", "") not in _NO_WAL_INDEX:
-            raise
-        wal = Path(f"{path}-wal")
-        if wal.exists() and wal.stat().st_size > 0:
-            raise StoreUnavailableError(
-                f"cannot read {path} read-only: its {wal.name} file holds transactions not yet in the "
-                "database, and the directory is read-only for this process, so SQLite cannot open its "
-                "WAL index. Open the store once as its owner (any weightslab command that writes, or "
-                "Store.open) to fold them in, or copy the directory somewhere writable."
-            ) from e
-    return connect(f"{uri}&immutable=1")
 
 
 def _configure_sqlite(engine: Engine, *, read_only: bool) -> None:

@@ -35,7 +35,9 @@ from weightslab.events.domain import (
 )
 
 if TYPE_CHECKING:
-    from weightslab.history.store import ExperimentRow, Store
+    from weightslab.history.direct import DirectReader
+    from weightslab.history.rows import ExperimentRow
+    from weightslab.history.store import Store
 
 __all__ = ["Log", "LogEntry", "RestorePlan", "walk"]
 
@@ -246,7 +248,7 @@ class Log:
         return segments
 
 
-def walk(store: Store, experiment: str | ExperimentRow, *, strict: bool = True) -> Log:
+def walk(store: Store | DirectReader, experiment: str | ExperimentRow, *, strict: bool = True) -> Log:
     """Read and decode an experiment's whole log (by name or row), in one pass.
 
     ``strict=False`` (listings) keeps an event that does not decode as an

@@ -9,29 +9,22 @@ the damage.
 
 from __future__ import annotations
 
-import functools
-import re
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, inspect, text
 
 from weightslab.errors import SchemaVersionError, StoreError, StoreUnavailableError
 from weightslab.history.locate import MISSING_STORE_HINT
+from weightslab.history.revisions import head_revision, migrations_dir
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["alembic_config", "check_integrity", "current_revision", "ensure_schema", "head_revision", "upgrade"]
+__all__ = ["alembic_config", "alembic_head", "check_integrity", "current_revision", "ensure_schema", "head_revision",
+           "migrations_dir", "upgrade"]
 
 UPGRADE_HINT = "weightslab db upgrade --store {store}"
 _PG_MIGRATION_LOCK = 0x57_4C_41_42  # "WLAB": serialises first-time migrations on one server
-
-
-def migrations_dir() -> Path:
-    """The directory holding ``env.py`` and ``versions/``."""
-    return Path(str(resources.files("weightslab.migrations")))
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -45,36 +38,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-# Alembic is imported only to migrate (and by `weightslab db`): opening a store that is up to date reads the
-# revisions from the scripts' text and the stamp from the database, which costs milliseconds instead of the
-# ~0.2 s of importing Alembic and compiling every script.
-_REVISION = re.compile(r"^revision\s*(?::[^=\n]*)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
-_DOWN_REVISION = re.compile(r"^down_revision\s*(?::[^=\n]*)?=\s*(?:None|['\"]([^'\"]+)['\"])", re.MULTILINE)
-
-
-@functools.cache
-def head_revision() -> str:
-    """The newest revision this code knows: the one no other revision names as its ``down_revision``.
-
-    Read from the scripts' text; a layout this reading does not recognise (a merge, several heads) is
-    left to Alembic. ``tests/history/test_schema.py`` checks that both agree.
-    """
-    revisions, parents = set(), set()
-    for script in (migrations_dir() / "versions").glob("*.py"):
-        source = script.read_text(encoding="utf-8")
-        revision, down = _REVISION.search(source), _DOWN_REVISION.search(source)
-        if revision is None or down is None:
-            continue  # __init__.py
-        revisions.add(revision.group(1))
-        if down.group(1):
-            parents.add(down.group(1))
-    heads = revisions - parents
-    if len(heads) == 1 and parents <= revisions:
-        return heads.pop()
-    return _alembic_head()
-
-
-def _alembic_head() -> str:
+def alembic_head() -> str:
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()

@@ -1,4 +1,4 @@
-"""A result as plain Python: column names and row tuples.
+"""Results as plain Python: column names and row tuples (:class:`Rows`), an experiment's row and an event's.
 
 The read-only tools (``weightslab experiments``, ``events``, ``sql``) print
 these without importing pandas (about a third of a second of every call);
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Rows"]
+__all__ = ["EventRow", "ExperimentRow", "Rows", "utc"]
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,33 @@ class Rows:
         import pandas as pd
 
         return pd.DataFrame(self.rows, columns=self.columns)
+
+
+@dataclass(frozen=True)
+class ExperimentRow:
+    experiment_id: int
+    name: str
+    created_at: datetime
+    recipe: str | None
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One recorded event, as read back from the log."""
+
+    experiment_id: int
+    seq: int
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
+    state_hash: str | None
+    actor: str
+    code_version: str
+    prev_hash: str | None
+    hash: str
+
+
+def utc(ts: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored in UTC); make a time zone-aware UTC one."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)

@@ -35,11 +35,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, text
-
 from weightslab.errors import ConfigurationError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # SQLAlchemy where a connection is used: the direct reader classifies without it
+    from sqlalchemy import Connection
     from sqlparse.sql import Statement
 
 __all__ = ["READ_ONLY_HINT", "query_error", "run_query", "single_read_statement", "superuser_warning"]
@@ -154,6 +153,8 @@ def run_query(conn: Connection, statement: str, params: dict[str, Any]) -> tuple
     assert driver is not None
     driver.set_authorizer(_sqlite_authorizer)
     try:
+        from sqlalchemy import text
+
         result = conn.execute(text(statement), params)
         if not result.returns_rows:
             raise ConfigurationError(f"refused: {statement[:60]!r} returns no rows; {READ_ONLY_HINT}")
@@ -169,6 +170,8 @@ def _sqlite_authorizer(action: int, *_: Any) -> int:
 
 
 def _run_prepared(conn: Connection, statement: str, params: dict[str, Any]) -> tuple[list[str], list[Any]]:
+    from sqlalchemy import text
+
     compiled = text(statement).compile(dialect=conn.dialect)
     driver = conn.connection.driver_connection
     assert driver is not None
@@ -192,8 +195,8 @@ def query_error(orig: BaseException | None) -> ConfigurationError:
     return ConfigurationError(f"the query failed: {message}")
 
 
-_ROLE = text("SELECT rolsuper, current_user, current_database(), current_schema() "
-             "FROM pg_roles WHERE rolname = current_user")
+_ROLE = ("SELECT rolsuper, current_user, current_database(), current_schema() "
+         "FROM pg_roles WHERE rolname = current_user")
 
 
 def superuser_warning(conn: Connection) -> str | None:
@@ -205,7 +208,7 @@ def superuser_warning(conn: Connection) -> str | None:
     """
     if conn.dialect.name != "postgresql":
         return None
-    row = conn.execute(_ROLE).one_or_none()
+    row = conn.exec_driver_sql(_ROLE).one_or_none()
     if row is None or not row[0]:
         return None
     quote = conn.dialect.identifier_preparer.quote

@@ -11,7 +11,6 @@ import errno
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +37,7 @@ from weightslab.history.locate import (
     resolve_store,
 )
 from weightslab.history.manifest import Manifest, parse_manifest
-from weightslab.history.rows import Rows
+from weightslab.history.rows import ExperimentRow, Rows
 from weightslab.history.schema import Event, Experiment, Snapshot
 from weightslab.history.sqlfence import query_error, run_query, single_read_statement
 
@@ -46,15 +45,6 @@ if TYPE_CHECKING:  # the read-only tools open stores without pandas, pyarrow or 
     import pandas as pd
 
 __all__ = ["ExperimentRow", "Store"]
-
-
-@dataclass(frozen=True)
-class ExperimentRow:
-    experiment_id: int
-    name: str
-    created_at: datetime
-    recipe: str | None
-    config: dict[str, Any]
 
 
 _EXP = Experiment.__table__
