@@ -129,6 +129,9 @@ def test_dumps_in_the_earlier_format_still_load_and_audit(make_exp, monkeypatch)
     assert report.ok, report.render_text()
 
 
+# On a CPU whose float kernels differ from those of the machine that wrote the fixture, reopening cannot
+# re-apply its last events and says so (tests/experiment/test_legacy_store.py): not what this test is about.
+@pytest.mark.filterwarnings("ignore:experiment 'legacy'. events .* could not be re-applied:UserWarning")
 def test_a_version_1_experiment_keeps_writing_wlt1(tmp_path, digits):
     """An experiment created before fingerprint version 2 (the legacy store) dumps in the old format."""
     target = tmp_path / "store"
