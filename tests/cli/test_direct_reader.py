@@ -11,7 +11,12 @@ import pytest
 from cli_helpers import run_cli
 from store_builder import NAME, build_store
 
-from weightslab.errors import ConfigurationError, SchemaVersionError, StoreUnavailableError, UnknownExperimentError
+from weightslab.errors import (
+    ConfigurationError,
+    SchemaVersionError,
+    StoreUnavailableError,
+    UnknownExperimentError,
+)
 from weightslab.history.direct import DirectReader, open_reader
 from weightslab.history.listings import events_rows, experiments_rows
 from weightslab.history.locate import DB_FILENAME
@@ -89,9 +94,8 @@ def test_a_write_the_classifier_let_through_is_refused_by_the_connection(built, 
 
     monkeypatch.setattr(sqlfence, "single_read_statement", lambda text: text)
     before = _snapshot(built)
-    with DirectReader.open(built) as reader:
-        with pytest.raises(ConfigurationError, match="refused"):
-            reader.query_rows(sql, {})
+    with DirectReader.open(built) as reader, pytest.raises(ConfigurationError, match="refused"):
+        reader.query_rows(sql, {})
     assert _snapshot(built) == before
 
 
