@@ -6,8 +6,9 @@ not build every event class.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from weightslab.lazy import lazy_getattr
 
 __all__ = [
     "EVENT_CLASSES",
@@ -27,13 +28,7 @@ _EXPORTS = {"canonical_json": "codec", "chain_hash": "codec", "decode_payload": 
             "decode": "domain", "event_class": "domain", "OperationRecord": "record"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'weightslab.events' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"weightslab.events.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("weightslab.events", _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # pragma: no cover

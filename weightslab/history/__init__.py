@@ -7,23 +7,19 @@ The public names are loaded on first use: importing one module of the package
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from weightslab.lazy import lazy_getattr
 
 __all__ = ["ChainReport", "EventRow", "ExperimentRow", "Store"]
 
-_EXPORTS = {"ChainReport": "eventlog", "EventRow": "eventlog", "ExperimentRow": "store", "Store": "store"}
+_EXPORTS = {"ChainReport": "eventlog", "EventRow": "rows", "ExperimentRow": "rows", "Store": "store"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'weightslab.history' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"weightslab.history.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("weightslab.history", _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from weightslab.history.eventlog import ChainReport, EventRow
-    from weightslab.history.store import ExperimentRow, Store
+    from weightslab.history.eventlog import ChainReport
+    from weightslab.history.rows import EventRow, ExperimentRow
+    from weightslab.history.store import Store

@@ -93,7 +93,6 @@ class DirectReader:
     def __init__(self, root: Path, conn: sqlite3.Connection) -> None:
         self.root = root
         self._conn = conn
-        self.read_only = True
 
     @classmethod
     def open(cls, store: Any = None) -> DirectReader | None:
